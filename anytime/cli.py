@@ -1,0 +1,59 @@
+"""The ``anytime`` command. Each concern registers its own subcommands; heavy imports happen in handlers."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# module -> it defines add_parsers(subparsers); handlers are set with parser.set_defaults(func=...)
+COMMAND_MODULES = [
+    "anytime.demo",  # demo
+    "anytime.model.cli",  # info
+    "anytime.data.cli",  # data synth
+    "anytime.train.cli",  # train
+    "anytime.eval.cli",  # eval
+    "anytime.export.cli",  # export, profile
+    "server.cli",  # triton, serve
+    "clients.cli",  # detect, evaluate
+]
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one clear line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anytime", description="Anytime object detection: train, export, serve under deadlines.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # that concern is not built yet
+                continue
+            raise
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from anytime.config import ConfigError
+    from anytime.model.spec import ArchitectureError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ConfigError, ArchitectureError, FileNotFoundError) as e:
+        print(f"anytime {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Model configuration as plain data, with named presets.
+
+A ``ModelConfig`` fully determines the network (and therefore a checkpoint's shape); it is saved inside every
+checkpoint and manifest, so anything that rebuilds a model needs only this record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot describe a model; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 10
+    image_size: int = 256  # square network input; must be divisible by 2**max(levels)
+    class_names: list[str] | None = None
+
+    # backbone
+    backbone: str = "resnet10"  # resnet10/18/34/50/101, mobilenet_v2
+    backbone_width: float = 1.0  # channel multiplier for ResNets (the proxy task's slim ResNet-10 uses < 1)
+    backbone_weights: str | None = None  # optional local state_dict file; nothing is ever downloaded
+
+    # feature pyramid
+    pyramid: str = "nasfpn"  # built-in architecture name, a JSON file, or "fpn" (the FPN baseline)
+    repeats: int = 3  # stacked pyramid networks = exits
+    width: int = 64  # channels inside the pyramid and heads
+    separable: bool = False  # depthwise-separable convs (NAS-FPN-Lite)
+    dropblock_prob: float = 0.0  # DropBlock after the pyramid BN layers (paper §4.4); 0 disables
+    dropblock_size: int = 3
+
+    # heads
+    head_convs: int = 4
+    shared_head: bool = True  # one set of head conv weights for every exit (norms stay per exit)
+    anchor_scales: int = 3  # octave scales per level
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_size: float = 4.0  # base anchor side = anchor_size * stride
+
+    # loss (paper §4.1)
+    focal_alpha: float = 0.25
+    focal_gamma: float = 1.5
+    box_loss_beta: float = 0.1
+    exit_weights: list[float] | None = None  # deep-supervision weight per exit; None = all 1
+
+    # post-processing
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    topk_candidates: int = 1000  # kept at 1000 or below so NMS exports to ONNX (FACTS.md)
+    detections_per_img: int = 100
+
+    # -- derived ---------------------------------------------------------------------------------------
+    @property
+    def num_exits(self) -> int:
+        return 1 if self.pyramid == "fpn" else self.repeats
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        if self.pyramid == "fpn":
+            return (3, 4, 5, 6, 7)
+        from anytime.model.spec import PyramidSpec
+
+        return PyramidSpec.load(self.pyramid).levels
+
+    def exit_weight_list(self) -> list[float]:
+        w = self.exit_weights or [1.0] * self.num_exits
+        if len(w) != self.num_exits:
+            raise ConfigError(f"exit_weights has {len(w)} entries but the model has {self.num_exits} exits")
+        return [float(x) for x in w]
+
+    def validate(self) -> "ModelConfig":
+        from anytime.model.backbone import BACKBONES
+
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"unknown backbone {self.backbone!r}; choose from {', '.join(sorted(BACKBONES))}")
+        if self.num_classes < 1:
+            raise ConfigError(f"num_classes must be at least 1, got {self.num_classes}")
+        if self.repeats < 1:
+            raise ConfigError(f"repeats must be at least 1, got {self.repeats}")
+        if self.width < 8:
+            raise ConfigError(f"width must be at least 8, got {self.width}")
+        levels = self.levels  # also validates the architecture
+        stride = 2 ** max(levels)
+        if self.image_size <= 0 or self.image_size % stride:
+            raise ConfigError(
+                f"image size {self.image_size} cannot be divided by the pyramid: levels up to P{max(levels)} need a "
+                f"multiple of {stride} (try {max(stride, round(self.image_size / stride) * stride)})"
+            )
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ConfigError(f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
+        self.exit_weight_list()
+        return self
+
+    # -- (de)serialisation -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["aspect_ratios"] = list(self.aspect_ratios)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names - {"_comment"})
+        if unknown:
+            raise ConfigError(f"unknown model config field(s): {', '.join(unknown)}")
+        d = {k: v for k, v in d.items() if k in names}
+        if "aspect_ratios" in d:
+            d["aspect_ratios"] = tuple(d["aspect_ratios"])
+        return cls(**d)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+# The paper's models (Table 1) and a small default that trains on 2 CPU cores.
+PRESETS: dict[str, dict] = {
+    "r50-nasfpn-7@256": dict(backbone="resnet50", pyramid="nasfpn", repeats=7, width=256, image_size=640, num_classes=90),
+    "r50-nasfpn-3@256": dict(backbone="resnet50", pyramid="nasfpn", repeats=3, width=256, image_size=640, num_classes=90),
+    "r50-fpn@256": dict(backbone="resnet50", pyramid="fpn", repeats=1, width=256, image_size=640, num_classes=90),
+    "r10-nasfpn-3@256-proxy": dict(backbone="resnet10", pyramid="nasfpn", repeats=3, width=256, image_size=512, num_classes=90),
+    "mnv2-nasfpnlite-7@64": dict(
+        backbone="mobilenet_v2", pyramid="nasfpn-lite", repeats=7, width=64, separable=True, image_size=320, num_classes=90
+    ),
+}
+DEFAULT_PRESET = "default"
+
+
+def load_model_config(name_or_path: str | Path | None = None) -> ModelConfig:
+    """A preset name, a built-in config name, or a JSON file (a bare model config or a train config with "model")."""
+    name_or_path = name_or_path or DEFAULT_PRESET
+    if str(name_or_path) in PRESETS:
+        return ModelConfig(**PRESETS[str(name_or_path)])
+    path = Path(name_or_path)
+    if not path.exists() and (CONFIG_DIR / f"{name_or_path}.json").exists():
+        path = CONFIG_DIR / f"{name_or_path}.json"
+    if not path.exists():
+        known = sorted(list(PRESETS) + [p.stem for p in CONFIG_DIR.glob("*.json")])
+        raise ConfigError(f"unknown configuration {str(name_or_path)!r}: not a preset ({', '.join(known)}) and no such file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    return ModelConfig.from_dict(data.get("model", data))

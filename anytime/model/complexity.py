@@ -1,0 +1,42 @@
+"""Parameters and multiply-adds needed to run up to each exit.
+
+Multiply-adds are counted by ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device forward (no
+memory, no compute): it counts convolutions and matrix products, which is what the paper's "multiply-adds"
+column counts; it reports FLOPs = 2 x MACs, so we halve it. Element-wise ops, pooling, resampling and
+post-processing (NMS) are not counted, as in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from anytime.config import ModelConfig
+
+
+def _unique_count(params) -> int:
+    return sum(p.numel() for p in {id(p): p for p in params}.values())
+
+
+def exit_costs(cfg: ModelConfig) -> dict:
+    """{"exits": [{"exit", "params", "gmacs"}], "params_total", "gmacs_all_exits", ...} for one image."""
+    from anytime.model.retinanet import AnytimeRetinaNet
+
+    with torch.device("meta"):
+        model = AnytimeRetinaNet(cfg).eval()
+        image = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
+    exits = []
+    for k in range(1, model.num_exits + 1):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model.exit_outputs(image, [k])
+        exits.append({"exit": k, "params": _unique_count(model.parameters_for_exit(k)),
+                      "gmacs": counter.get_total_flops() / 2 / 1e9})
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.exit_outputs(image, list(range(1, model.num_exits + 1)))
+    return {
+        "config": cfg.to_dict(),
+        "image_size": cfg.image_size,
+        "exits": exits,
+        "params_total": _unique_count(model.parameters()),
+        "gmacs_all_exits": counter.get_total_flops() / 2 / 1e9,
+    }

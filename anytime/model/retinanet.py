@@ -1,0 +1,133 @@
+"""RetinaNet with stacked pyramid networks and an exit (class + box head) after each of them."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from anytime.config import ModelConfig
+from anytime.model.anchors import make_anchors
+from anytime.model.backbone import build_backbone
+from anytime.model.head import RetinaHead
+from anytime.model.loss import assign, exit_loss
+from anytime.model.postprocess import postprocess
+from anytime.model.pyramid import FPNBaseline, InputProjection, PyramidNetwork
+from anytime.model.spec import PyramidSpec
+
+# Images enter the model as RGB float 0..255; normalisation lives in the graph so exported models take raw pixels.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+class AnytimeRetinaNet(nn.Module):
+    """Exits are numbered 1..num_exits; exit k runs the backbone, pyramid networks 1..k and head k only."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.levels = cfg.levels
+        self.num_exits = cfg.num_exits
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.backbone = build_backbone(cfg.backbone, cfg.backbone_width, cfg.backbone_weights)
+        in_ch = self.backbone.out_channels
+        if cfg.pyramid == "fpn":
+            self.input_proj = nn.Identity()
+            self.pyramids = nn.ModuleList([FPNBaseline(in_ch, cfg.width)])
+        else:
+            spec = PyramidSpec.load(cfg.pyramid)
+            self.input_proj = InputProjection(in_ch, cfg.width, spec.levels)
+            # Stacked pyramid networks never share weights (paper §3, "R-50 7 @ 256").
+            self.pyramids = nn.ModuleList(
+                PyramidNetwork(spec, cfg.width, cfg.separable, cfg.dropblock_prob, cfg.dropblock_size)
+                for _ in range(cfg.repeats)
+            )
+        num_anchors = cfg.anchor_scales * len(cfg.aspect_ratios)
+        head_args = dict(channels=cfg.width, num_anchors=num_anchors, num_classes=cfg.num_classes,
+                         num_convs=cfg.head_convs, num_levels=len(self.levels), separable=cfg.separable)
+        if cfg.shared_head:
+            self.heads = nn.ModuleList([RetinaHead(num_exits=self.num_exits, **head_args)])
+        else:
+            self.heads = nn.ModuleList(RetinaHead(num_exits=1, **head_args) for _ in range(self.num_exits))
+        anchors = make_anchors(cfg.image_size, self.levels, cfg.anchor_scales, cfg.aspect_ratios, cfg.anchor_size)
+        self.register_buffer("anchors", anchors, persistent=False)
+
+    # -- structure -------------------------------------------------------------------------------------
+    def _head(self, exit: int) -> tuple[RetinaHead, int]:
+        """The head module of an exit and the norm slot it uses inside that head."""
+        self._check_exit(exit)
+        return (self.heads[0], exit - 1) if self.cfg.shared_head else (self.heads[exit - 1], 0)
+
+    def _check_exit(self, exit: int) -> None:
+        if not 1 <= exit <= self.num_exits:
+            raise ValueError(f"exit {exit} does not exist: this model has exits 1..{self.num_exits}")
+
+    def parameters_for_exit(self, exit: int) -> list[nn.Parameter]:
+        """Every parameter that running up to ``exit`` touches: backbone, pyramids 1..exit, head ``exit``."""
+        head, slot = self._head(exit)
+        params = list(self.backbone.parameters()) + list(self.input_proj.parameters())
+        for p in self.pyramids[:exit]:
+            params += list(p.parameters())
+        return params + head.parameters_for(slot)
+
+    # -- forward pieces --------------------------------------------------------------------------------
+    def exit_outputs(self, images: torch.Tensor, exits: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Raw head outputs {exit: (logits [B,N,K], deltas [B,N,4])}; runs pyramids only up to max(exits)."""
+        for e in exits:
+            self._check_exit(e)
+        if images.shape[-2:] != (self.cfg.image_size, self.cfg.image_size):
+            raise ValueError(f"expected images of {self.cfg.image_size}x{self.cfg.image_size}, got {tuple(images.shape[-2:])}")
+        feats = self.input_proj(self.backbone((images.float() - self.pixel_mean) / self.pixel_std))
+        out = {}
+        for k in range(1, max(exits) + 1):
+            feats = self.pyramids[k - 1](feats)
+            if k in exits:
+                head, slot = self._head(k)
+                out[k] = head(feats, slot)
+        return out
+
+    def losses(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+        """Deep supervision: the weighted sum over every exit's focal + box loss (paper §3.2)."""
+        exits = list(range(1, self.num_exits + 1))
+        outputs = self.exit_outputs(images, exits)
+        t = assign(self.anchors, targets)
+        result, total = {}, images.new_zeros(())
+        for k, w in zip(exits, self.cfg.exit_weight_list()):
+            cls, box = exit_loss(*outputs[k], t, self.cfg.focal_alpha, self.cfg.focal_gamma, self.cfg.box_loss_beta)
+            result[f"exit{k}/cls"], result[f"exit{k}/box"] = cls.detach(), box.detach()
+            total = total + w * (cls + box)
+        result["loss"] = total
+        return result
+
+    def _post(self, logits: torch.Tensor, deltas: torch.Tensor):
+        c = self.cfg
+        return postprocess(logits, deltas, self.anchors, c.image_size, c.score_thresh, c.nms_thresh,
+                           c.topk_candidates, c.detections_per_img)
+
+    def forward(self, images: torch.Tensor, exit: int | None = None):
+        """Padded detections of one exit (deepest by default): boxes, scores, labels, count. Export uses this."""
+        exit = exit or self.num_exits
+        return self._post(*self.exit_outputs(images, [exit])[exit])
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor, exits: list[int] | None = None) -> dict[int, list[dict]]:
+        """{exit: [per-image dict(boxes, scores, labels)]}, sharing the backbone and pyramids across exits."""
+        exits = exits or list(range(1, self.num_exits + 1))
+        result = {}
+        for k, (logits, deltas) in self.exit_outputs(images, exits).items():
+            boxes, scores, labels, count = self._post(logits, deltas)
+            result[k] = [dict(boxes=boxes[i, :n], scores=scores[i, :n], labels=labels[i, :n])
+                         for i, n in enumerate(count.tolist())]
+        return result
+
+
+class ExitModel(nn.Module):
+    """One exit as a standalone module (what export and profiling run)."""
+
+    def __init__(self, model: AnytimeRetinaNet, exit: int):
+        super().__init__()
+        model._check_exit(exit)
+        self.model, self.exit = model, exit
+
+    def forward(self, images: torch.Tensor):
+        return self.model(images, self.exit)

@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from anytime.model import AnytimeRetinaNet
+from anytime.model.pyramid import PyramidNetwork
+from anytime.testing import tiny_config
+
+
+def _batch(n=2, size=128):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 80.0, 90.0, 96.0]]),
+                "labels": torch.tensor([0, 2])} for _ in range(n)]
+    return images, targets
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_exit_k_never_runs_deeper_pyramid_networks(shared):
+    model = AnytimeRetinaNet(tiny_config(repeats=3, shared_head=shared)).eval()
+    calls = []
+    for i, p in enumerate(model.pyramids):
+        p.register_forward_hook(lambda m, a, o, i=i: calls.append(i + 1))
+    images, _ = _batch(1)
+    for k in (1, 2, 3):
+        calls.clear()
+        with torch.no_grad():
+            model(images, exit=k)
+        assert calls == list(range(1, k + 1))
+
+
+def test_exit_parameters_grow_with_depth_and_shared_head_does_not_grow_with_exits():
+    model = AnytimeRetinaNet(tiny_config(repeats=3))
+    counts = [sum(p.numel() for p in model.parameters_for_exit(k)) for k in (1, 2, 3)]
+    pyramid = sum(p.numel() for p in model.pyramids[0].parameters())
+    assert counts[1] - counts[0] == pyramid and counts[2] - counts[1] == pyramid
+    shared = sum(p.numel() for p in AnytimeRetinaNet(tiny_config(repeats=3)).heads.parameters())
+    separate = sum(p.numel() for p in AnytimeRetinaNet(tiny_config(repeats=3, shared_head=False)).heads.parameters())
+    assert separate > 2.5 * shared  # three full heads vs one set of shared conv weights
+
+
+def test_stacked_pyramids_do_not_share_weights():
+    model = AnytimeRetinaNet(tiny_config(repeats=2))
+    a, b = (list(p.parameters()) for p in model.pyramids)
+    assert all(x.data_ptr() != y.data_ptr() for x, y in zip(a, b))
+    assert all(isinstance(p, PyramidNetwork) for p in model.pyramids)
+
+
+def test_a_training_step_on_a_tiny_batch_reduces_the_loss():
+    torch.manual_seed(0)
+    model = AnytimeRetinaNet(tiny_config()).train()
+    images, targets = _batch()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(8):
+        out = model.losses(images, targets)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert set(out) >= {"loss", "exit1/cls", "exit1/box", "exit2/cls", "exit2/box"}
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_detect_returns_every_exit_in_input_coordinates():
+    model = AnytimeRetinaNet(tiny_config(score_thresh=0.0)).eval()
+    images, _ = _batch(2)
+    out = model.detect(images)
+    assert sorted(out) == [1, 2]
+    for per_image in out.values():
+        assert len(per_image) == 2
+        d = per_image[0]
+        assert 0 < len(d["boxes"]) <= model.cfg.detections_per_img
+        assert (d["boxes"] >= 0).all() and (d["boxes"] <= 128).all()
+        assert (d["scores"][:-1] >= d["scores"][1:]).all()  # sorted by score
+
+
+def test_unknown_exit_and_wrong_input_size_are_clear_errors():
+    model = AnytimeRetinaNet(tiny_config()).eval()
+    with pytest.raises(ValueError, match="exit 3 does not exist: this model has exits 1..2"):
+        model(torch.zeros(1, 3, 128, 128), exit=3)
+    with pytest.raises(ValueError, match="expected images of 128x128"):
+        model(torch.zeros(1, 3, 64, 64))
+
+
+def test_crowd_regions_are_ignored_not_negatives():
+    from anytime.model.loss import assign
+
+    model = AnytimeRetinaNet(tiny_config())
+    crowd = torch.tensor([[0.0, 0.0, 64.0, 64.0]])
+    plain = assign(model.anchors, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    with_crowd = assign(model.anchors, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+                                         "crowd_boxes": crowd}])
+    assert (plain.labels == -1).all()
+    inside = (model.anchors[:, :2] >= 0).all(1) & (model.anchors[:, 2:] <= 64).all(1)
+    assert inside.sum() > 10
+    assert (with_crowd.labels[0, inside] == -2).all()
