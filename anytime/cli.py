@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name == name:  # that concern is not built yet
+            if e.name and (name == e.name or name.startswith(e.name + ".")):  # that concern is not built yet
                 continue
             raise
         module.add_parsers(sub)

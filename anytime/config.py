@@ -148,3 +148,7 @@ def load_model_config(name_or_path: str | Path | None = None) -> ModelConfig:
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     return ModelConfig.from_dict(data.get("model", data))
+
+# The embedded default model (trained on the default synthetic benchmark; see README "The default model").
+DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "default_model.pt"
+DEFAULT_REPOSITORY = Path("model_repository")

@@ -1,0 +1,1 @@
+"""Deadline-aware serving: latency profiles and the exit scheduler (pure, clock-injected, testable)."""

@@ -1,0 +1,59 @@
+"""Latency profiles: per exit and batch size, a prior measured by ``anytime profile``, corrected online.
+
+The scheduler plans with a high quantile (p95 by default), not the mean: a plan built on the mean misses
+about half of the tight deadlines.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+
+class LatencyProfile:
+    """Service-time model of one endpoint.
+
+    ``prior[exit][batch]`` holds quantiles in milliseconds ({"p50", "p95", "p99"}, optionally "samples_ms").
+    Once ``min_samples`` latencies have been observed for an (exit, batch) pair, the quantile of the last
+    ``window`` observations replaces the prior, so the profile follows the endpoint as load and hardware drift.
+    """
+
+    def __init__(self, prior: dict, quantile: float = 0.95, window: int = 256, min_samples: int = 16):
+        if not prior:
+            raise ValueError("a latency profile needs at least one exit")
+        self.prior = {int(e): {int(b): dict(q) for b, q in per_batch.items()} for e, per_batch in prior.items()}
+        self.quantile = quantile
+        self.min_samples = min_samples
+        self._window = window
+        self._observed: dict[tuple[int, int], deque] = {}
+
+    @property
+    def exits(self) -> list[int]:
+        return sorted(self.prior)
+
+    def observe(self, exit: int, batch: int, seconds: float) -> None:
+        self._observed.setdefault((exit, batch), deque(maxlen=self._window)).append(seconds)
+
+    def predict(self, exit: int, batch: int = 1, quantile: float | None = None) -> float:
+        """Predicted service time in seconds at the planning quantile."""
+        q = self.quantile if quantile is None else quantile
+        seen = self._observed.get((exit, batch))
+        if seen is not None and len(seen) >= self.min_samples:
+            return float(np.quantile(np.fromiter(seen, float), q))
+        return self._prior_quantile(exit, batch, q) / 1000.0
+
+    def _prior_quantile(self, exit: int, batch: int, q: float) -> float:
+        per_batch = self.prior[exit]
+        b = batch if batch in per_batch else min(per_batch, key=lambda x: abs(x - batch))
+        stats = per_batch[b]
+        if stats.get("samples_ms"):
+            return float(np.quantile(stats["samples_ms"], q))
+        points = sorted((float(k[1:]) / 100, float(v)) for k, v in stats.items() if k[0] == "p" and k[1:].isdigit())
+        qs, vals = zip(*points)
+        return float(np.interp(q, qs, vals))
+
+    @classmethod
+    def from_manifest(cls, profile: dict, **kwargs) -> "LatencyProfile":
+        """From the manifest's ``latency_profile`` entry for one endpoint kind ({"exits": {k: {b: stats}}})."""
+        return cls(profile["exits"], **kwargs)
