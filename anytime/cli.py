@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from anytime.config import ConfigError
+    from anytime.data.coco import DatasetError
     from anytime.model.spec import ArchitectureError
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError, ArchitectureError, FileNotFoundError) as e:
+    except (UserError, ConfigError, ArchitectureError, DatasetError, FileNotFoundError) as e:
         print(f"anytime {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -56,4 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m anytime.cli``: use the importable module so handlers' UserError is the one caught.
+    from anytime.cli import main as _main
+
+    sys.exit(_main())
