@@ -14,7 +14,8 @@ COMMAND_MODULES = [
     "anytime.train.cli",  # train
     "anytime.eval.cli",  # eval
     "anytime.export.cli",  # export, profile
-    "server.cli",  # triton, serve
+    "server.cli",  # triton
+    "server.serve",  # serve
     "clients.cli",  # detect, evaluate
 ]
 
@@ -46,10 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     from anytime.config import ConfigError
     from anytime.data.coco import DatasetError
     from anytime.model.spec import ArchitectureError
+    from anytime.train.checkpoint import CheckpointError
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError, ArchitectureError, DatasetError, FileNotFoundError) as e:
+    except (UserError, ConfigError, ArchitectureError, DatasetError, CheckpointError, FileNotFoundError) as e:
         print(f"anytime {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,103 @@
+"""``anytime eval``: COCO AP of every exit of a checkpoint (default: the shipped model on the default benchmark)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+
+def add_parsers(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="COCO AP of every exit of a checkpoint",
+                              description="Evaluate every exit of a checkpoint with pycocotools; writes per-exit "
+                                          "COCO results JSON and an AP-per-exit plot.")
+    p.add_argument("--checkpoint", help="checkpoint file (default: the shipped model anytime/assets/default_model.pt)")
+    p.add_argument("--data", help="dataset root (default: data/synth, generated if absent)")
+    p.add_argument("--split", default="val", help="dataset split (default: val)")
+    p.add_argument("--exits", help="comma-separated exits to evaluate, e.g. 1,2,3 (default: all)")
+    p.add_argument("--out", help="output directory (default: <checkpoint dir>/eval_<split>, runs/eval for the shipped model)")
+    p.add_argument("--json", action="store_true", help="print only the metrics as JSON on stdout")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(func=run)
+
+
+def parse_exits(text: str | None, num_exits: int) -> list[int] | None:
+    from anytime.cli import UserError
+
+    if not text:
+        return None
+    try:
+        exits = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--exits must be comma-separated integers, got {text!r}") from None
+    bad = [e for e in exits if not 1 <= e <= num_exits]
+    if bad or not exits:
+        raise UserError(f"--exits {text!r}: this model has exits 1..{num_exits}")
+    return exits
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from anytime.cli import UserError
+    from anytime.eval.coco_eval import evaluate, format_table
+    from anytime.train.checkpoint import DEFAULT_MODEL, CheckpointError, load_model
+
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_MODEL
+    if not checkpoint.exists():
+        if args.checkpoint:
+            raise UserError(f"checkpoint {checkpoint} does not exist")
+        raise UserError(f"no --checkpoint given and the shipped default model {DEFAULT_MODEL} is missing; "
+                        "train one (anytime train) and pass --checkpoint runs/<name>/final.pt")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out_dir = Path(args.out) if args.out else (
+        Path("runs/eval") if checkpoint.resolve() == DEFAULT_MODEL else checkpoint.parent / f"eval_{args.split}")
+
+    # Everything but the final answer goes to stderr (pycocotools and the data generator print progress).
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            model, meta = load_model(checkpoint, map_location=device)
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+        exits = parse_exits(args.exits, model.num_exits)
+        dataset = _open_split(args.data, args.split, model.cfg.image_size)
+        cat_ids = meta.get("cat_ids") or list(dataset.cat_ids)
+        if len(cat_ids) != model.cfg.num_classes:
+            raise UserError(f"the model predicts {model.cfg.num_classes} classes but the dataset has {len(cat_ids)}")
+        if list(cat_ids) != list(dataset.cat_ids):
+            print("warning: the checkpoint's category ids differ from the dataset's; using the checkpoint's", file=sys.stderr)
+        report = evaluate(model, dataset, exits, batch_size=args.batch_size, progress=not args.json,
+                          out_dir=out_dir, cat_ids=cat_ids, num_workers=args.num_workers)
+    report.update(checkpoint=str(checkpoint), split=args.split, out_dir=str(out_dir))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_table(report))
+        print(f"(AP in %, {report['num_images']} images; results and ap_per_exit.png in {out_dir})")
+    return 0
+
+
+def _open_split(data: str | None, split: str, image_size: int):
+    from anytime.cli import UserError
+    from anytime.data import DEFAULT_DATA_DIR
+    from anytime.data.coco import CocoDetection, DatasetError, find_split
+    from anytime.data.transforms import eval_transform
+
+    if data is None:
+        from anytime.data.synth import ensure_default
+
+        ensure_default(DEFAULT_DATA_DIR)
+        data = DEFAULT_DATA_DIR
+    if not Path(data).is_dir():
+        raise UserError(f"data directory {data} does not exist (make one with `anytime data synth --out {data}`)")
+    try:
+        image_dir, ann_file = find_split(data, split)
+        return CocoDetection(image_dir, ann_file, transform=eval_transform(image_size))
+    except (DatasetError, FileNotFoundError) as e:
+        raise UserError(f"{data}: {e}") from None

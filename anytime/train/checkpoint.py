@@ -1,0 +1,150 @@
+"""Checkpoint files: atomic writes, training snapshots, small inference checkpoints, and loading a model back.
+
+Everything is stored as tensors and plain Python values, so files load with ``torch.load(weights_only=True)``
+(no arbitrary code runs when opening a checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import torch
+
+from anytime.config import ConfigError, ModelConfig
+from anytime.model import AnytimeRetinaNet
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model.pt"  # the small shipped model
+FORMAT = "anytime-checkpoint"
+VERSION = 1
+# BN statistics stay fp32 in half-precision files: tiny variances would flush to zero in fp16.
+_KEEP_FP32 = ("running_mean", "running_var")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint; the message names the file and the problem."""
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """torch.save to a temp file in the same directory, fsync, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # usual umask-based permissions
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The raw checkpoint dict, or ``CheckpointError`` saying why the file cannot be one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} {'is not a file' if path.exists() else 'does not exist'}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, pickled code objects, ...
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "the file is truncated or not a checkpoint"
+        ) from None
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} is not an anytime checkpoint (no model config and weights)")
+    return ckpt
+
+
+def load_model(path: str | Path, map_location="cpu") -> tuple[AnytimeRetinaNet, dict]:
+    """Rebuild the network from the checkpoint's own config and load its weights (fp16 files come back fp32).
+
+    Returns the model in eval mode and the checkpoint's metadata (configs, class names, cat_ids, iteration).
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path, map_location)
+    try:
+        # Weights come from the checkpoint; the backbone file used at training time need not exist here.
+        cfg = ModelConfig.from_dict({**ckpt["model_config"], "backbone_weights": None})
+        model = AnytimeRetinaNet(cfg)
+    except (ConfigError, ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} has an unusable model config: {e}") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    load_state(model, state, path)
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
+    meta["path"] = str(path)
+    return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval(), meta
+
+
+def load_state(model: torch.nn.Module, state: dict, path: str | Path) -> None:
+    """Strict load_state_dict with an error that says which file and which keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
+            if keys:
+                parts.append(f"{label} {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)} in all)")
+        raise CheckpointError(f"checkpoint {path} does not match its config: {'; '.join(parts)}")
+    model.load_state_dict(state)
+
+
+def save_inference_checkpoint(model: AnytimeRetinaNet, path: str | Path, meta: dict | None = None,
+                              half: bool = True) -> Path:
+    """Config + weights (fp16 by default) + class names only: what shipping a model needs, nothing to resume."""
+    model = getattr(model, "module", model)
+    meta = meta or {}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() and not k.endswith(_KEEP_FP32) else v for k, v in state.items()}
+    cfg = {**model.cfg.to_dict(), "backbone_weights": None}
+    return atomic_save({
+        "format": FORMAT, "version": VERSION, "kind": "inference",
+        "model_config": cfg, "model": state,
+        "class_names": meta.get("class_names", model.cfg.class_names), "cat_ids": meta.get("cat_ids"),
+        "iteration": meta.get("iteration"),
+    }, path)
+
+
+# -- RNG state, as plain values so weights_only loading accepts it ---------------------------------------
+def rng_state() -> dict:
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,59 @@
+"""``anytime train``: train or resume a run from a JSON config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def add_parsers(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model from a JSON config (resumable, torchrun-aware)",
+                              description="Train from a config {\"model\": {...}, \"train\": {...}}. "
+                                          "Launch with torchrun for data-parallel training.")
+    p.add_argument("--config", help="training config JSON (optional with --resume: the run's own config is used)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
+    p.add_argument("--out", help="run directory (default: train.out_dir, else runs/<name>)")
+    p.add_argument("--data", help="dataset root (default: train.data_dir, else the default synthetic benchmark)")
+    p.add_argument("--max-iters", type=int, help="override train.max_iters")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # Crash-recovery testing: checkpoint at this iteration, then SIGKILL this process.
+    p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from anytime.cli import UserError
+    from anytime.train.checkpoint import CheckpointError, read_checkpoint
+    from anytime.train.config import RunConfig, load_run_config
+    from anytime.train.loop import train
+
+    if args.config:
+        config = load_run_config(args.config)
+    elif args.resume and args.out:
+        try:
+            config = RunConfig.from_dict(read_checkpoint(f"{args.out}/last.pt")["run_config"])
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+    else:
+        raise UserError("--config is required (or --resume with --out to continue a run with its own config)")
+    t = config.train
+    if args.out:
+        t.out_dir = args.out
+    if args.data:
+        t.data_dir = args.data
+    if args.max_iters is not None:
+        t.max_iters = args.max_iters
+    t.validate()
+    try:
+        summary = train(config, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps({k: summary[k] for k in ("iteration", "skipped_steps", "checkpoint")}))
+    return 0

@@ -1,0 +1,188 @@
+"""Training: the loss goes down, a kill -9 and --resume give bit-identical weights, clear config/checkpoint errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from anytime.config import ConfigError
+from anytime.train.checkpoint import (CheckpointError, atomic_save, load_model, read_checkpoint,
+                                      save_inference_checkpoint)
+from anytime.train.config import RunConfig, load_run_config
+from anytime.train.loop import EpochBatches, LRFactor, Trainer, train
+
+TINY_MODEL = {"backbone": "resnet10", "backbone_width": 0.25, "width": 16, "repeats": 2, "image_size": 128}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, spinning OpenMP threads make each step 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    from anytime.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("synth"), num_train=16, num_val=4, image_size=64, progress=False)
+
+
+def run_config(data_dir: Path, out_dir: Path, **train) -> RunConfig:
+    t = dict(data_dir=str(data_dir), out_dir=str(out_dir), batch_size=4, max_iters=6, lr=0.01, warmup_iters=2,
+             checkpoint_every=3, log_every=2)
+    return RunConfig.from_dict({"model": TINY_MODEL, "train": {**t, **train}})
+
+
+def write_config(path: Path, run: RunConfig) -> Path:
+    path.write_text(json.dumps(run.to_dict()))
+    return path
+
+
+def test_loss_decreases_on_a_fixed_batch(data_dir, tmp_path):
+    trainer = Trainer(run_config(data_dir, tmp_path / "run", lr=0.02, warmup_iters=0, max_iters=30), progress=False)
+    images, targets = next(iter(trainer.loader(0, 0)))
+    losses = [trainer.step(images, targets)["loss"] for _ in range(30)]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, losses
+    # The model took its classes from the dataset.
+    assert trainer.model_cfg.num_classes == len(trainer.dataset.cat_ids)
+    assert trainer.model_cfg.class_names == trainer.dataset.class_names
+
+
+def test_kill_and_resume_is_exact(data_dir, tmp_path):
+    """A: 6 iterations straight. B: killed with SIGKILL after its checkpoint at 3, resumed in a new process.
+
+    B also uses 2 data-loader workers where A uses none: augmentation must not depend on that either.
+    The 16-image set gives 4 iterations per epoch, so B resumes mid-epoch and crosses an epoch boundary.
+    """
+    summary = train(run_config(data_dir, tmp_path / "A"), progress=False)
+    assert summary["iteration"] == 6
+
+    cfg_b = write_config(tmp_path / "b.json", run_config(data_dir, tmp_path / "B", num_workers=2))
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from anytime.cli import main; sys.exit(main(sys.argv[1:]))",
+         "train", "--config", str(cfg_b), "--stop-after", "3", "--no-progress"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert read_checkpoint(tmp_path / "B" / "last.pt")["iteration"] == 3
+    assert not (tmp_path / "B" / "final.pt").exists()
+
+    summary = train(load_run_config(cfg_b), resume=True, progress=False)
+    assert summary["iteration"] == 6
+    a = torch.load(tmp_path / "A" / "final.pt", weights_only=True)
+    b = torch.load(tmp_path / "B" / "final.pt", weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for i, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"])
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+    # The metrics log has each log step once, even though B wrote some of them twice around the crash.
+    iters = [json.loads(line)["iter"] for line in (tmp_path / "B" / "metrics.jsonl").read_text().splitlines()]
+    assert iters == [2, 4, 6]
+
+
+def test_non_finite_loss_is_skipped(data_dir, tmp_path, monkeypatch):
+    trainer = Trainer(run_config(data_dir, tmp_path / "run"), progress=False)
+    images, targets = next(iter(trainer.loader(0, 0)))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    real = trainer.model.losses
+
+    def nan_losses(*args):
+        out = real(*args)
+        return {**out, "loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(trainer.model, "losses", nan_losses)
+    assert trainer.step(images, targets) is None
+    assert trainer.skipped == 1
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # weights and BN statistics untouched
+    monkeypatch.setattr(trainer.model, "losses", real)
+    assert math.isfinite(trainer.step(images, targets)["loss"])
+
+
+def test_config_errors(data_dir, tmp_path, capsys):
+    from anytime.cli import main
+
+    with pytest.raises(ConfigError, match="unknown train config field.*bogus"):
+        RunConfig.from_dict({"model": TINY_MODEL, "train": {"bogus": 1}})
+    with pytest.raises(ConfigError, match="unknown model config field.*wdith"):
+        RunConfig.from_dict({"model": {"wdith": 8}})
+    with pytest.raises(ConfigError, match="schedule"):
+        RunConfig.from_dict({"model": TINY_MODEL, "train": {"schedule": "linear"}})
+    with pytest.raises(ConfigError, match="num_classes is 3 but the dataset has 10"):
+        Trainer(RunConfig.from_dict({"model": {**TINY_MODEL, "num_classes": 3},
+                                     "train": {"data_dir": str(data_dir), "out_dir": str(tmp_path / "x")}}))
+
+    missing = write_config(tmp_path / "missing.json", run_config(tmp_path / "nowhere", tmp_path / "run"))
+    assert main(["train", "--config", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "data directory" in err and "nowhere" in err and "does not exist" in err
+    (tmp_path / "bad.json").write_text(json.dumps({"model": TINY_MODEL, "train": {"epoch": 3}}))
+    assert main(["train", "--config", str(tmp_path / "bad.json")]) == 2
+    assert "unknown train config field(s): epoch" in capsys.readouterr().err
+    assert main(["train", "--config", str(missing), "--resume"]) == 2
+    assert "last.pt does not exist" in capsys.readouterr().err
+
+
+def test_checkpoint_files(data_dir, tmp_path):
+    trainer = Trainer(run_config(data_dir, tmp_path / "run"), progress=False)
+    trainer.save("last.pt")
+    path = tmp_path / "run" / "last.pt"
+    model, meta = load_model(path)
+    assert meta["class_names"] == trainer.dataset.class_names and meta["iteration"] == 0
+    assert not model.training
+
+    # fp16 inference checkpoint: smaller, loads back as fp32 with (nearly) the same weights.
+    small = save_inference_checkpoint(trainer.model, tmp_path / "small.pt", meta)
+    assert small.stat().st_size < 0.6 * path.stat().st_size
+    model16, meta16 = load_model(small)
+    assert meta16["kind"] == "inference" and meta16["cat_ids"] == meta["cat_ids"]
+    for (k, v), v16 in zip(model.state_dict().items(), model16.state_dict().values()):
+        assert v16.dtype == v.dtype and torch.allclose(v, v16, rtol=1e-3, atol=1e-4), k
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt cannot be read"):
+        load_model(truncated)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(CheckpointError, match="other.pt is not an anytime checkpoint"):
+        load_model(other)
+    wrong = tmp_path / "wrong.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model_config"]["repeats"] = 3  # weights of a 2-pyramid model under a 3-pyramid config
+    torch.save(ckpt, wrong)
+    with pytest.raises(CheckpointError, match="wrong.pt does not match its config: missing keys pyramids.2"):
+        load_model(wrong)
+
+    # A failed write leaves the previous file intact and no temp file behind.
+    with pytest.raises(Exception):
+        atomic_save({"f": lambda: 0}, path)
+    assert read_checkpoint(path)["iteration"] == 0
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_schedule_and_sharding():
+    f = LRFactor(total_iters=100, warmup_iters=10, warmup_factor=0.1, schedule="step", milestones=[60, 80], gamma=0.1)
+    assert f(0) == pytest.approx(0.1) and f(5) == pytest.approx(0.55) and f(10) == 1
+    assert f(59) == 1 and f(60) == pytest.approx(0.1) and f(80) == pytest.approx(0.01)
+    c = LRFactor(100, 0, 1.0, "cosine", [], 0.1)
+    assert c(0) == 1 and c(50) == pytest.approx(0.5) and c(100) == pytest.approx(0.0)
+    # Two processes together see exactly the single-process global batches, from any start position.
+    single = list(EpochBatches(10, 4, seed=1, epoch=2, start=1))
+    shards = [list(EpochBatches(10, 4, seed=1, epoch=2, start=1, rank=r, world=2)) for r in (0, 1)]
+    assert len(single) == 1 and sorted(shards[0][0] + shards[1][0]) == sorted(single[0])
+    assert list(EpochBatches(10, 4, 1, 2))[1] == single[0]
+    assert list(EpochBatches(10, 4, 1, 3)) != list(EpochBatches(10, 4, 1, 2))
