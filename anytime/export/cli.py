@@ -1,0 +1,41 @@
+"""``anytime export`` (checkpoint -> Triton repository) and ``anytime profile`` (latency per exit)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write every exit as its own ONNX model into a Triton model repository",
+                       description="Export exit k (backbone + first k pyramid networks + head k) of a checkpoint as "
+                                   "ONNX, check it against PyTorch, and write a Triton repository with a manifest.")
+    p.add_argument("--checkpoint", help="checkpoint file (default: the embedded default model)")
+    p.add_argument("--out", default=None, help="repository directory (default: model_repository/)")
+    p.add_argument("--backend", choices=["python", "onnxruntime"], default="python",
+                   help="python: a python-backend model.py running ONNX Runtime (works with PyPI's Triton); "
+                        "onnxruntime: Triton's native ORT backend (NGC containers)")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--instances", type=int, default=1, help="model instances per exit")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args) -> int:
+    from anytime.cli import UserError
+    from anytime.config import DEFAULT_CHECKPOINT, DEFAULT_REPOSITORY
+    from anytime.export.exporter import export_repository
+    from anytime.train.checkpoint import CheckpointError, load_model
+
+    ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    if not ckpt.exists():
+        raise UserError(f"checkpoint not found: {ckpt}")
+    try:
+        model, meta = load_model(ckpt)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    out = Path(args.out) if args.out else DEFAULT_REPOSITORY
+    manifest = export_repository(model, meta, out, backend=args.backend, max_batch_size=args.max_batch_size,
+                                 instances=args.instances, verify=not args.no_verify)
+    print(f"wrote {len(manifest['exits'])} exits to {out}/ ({args.backend} backend); manifest: {out / 'manifest.json'}")
+    return 0

@@ -1,0 +1,107 @@
+"""Checkpoint -> Triton model repository: one ONNX model per exit, checked against PyTorch, plus a manifest.
+
+Everything is exported and verified in memory before the first byte is written, so a bad checkpoint leaves
+an existing repository untouched; each model version directory is then swapped in atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anytime.export.onnx import INPUT_NAME, OUTPUT_NAMES, export_exit
+from anytime.export.repository import read_manifest, write_manifest, write_model_dir
+
+MODEL_PREFIX = "anytime_exit"
+MANIFEST_FORMAT = 1
+
+
+def model_name(exit: int) -> str:
+    return f"{MODEL_PREFIX}{exit}"
+
+
+def verify_exit(model, exit: int, onnx_bytes: bytes, images: torch.Tensor, tol: float = 1e-3) -> None:
+    """ONNX Runtime must give PyTorch's detections for this exit (boxes and scores within ``tol``)."""
+    import onnxruntime as ort
+
+    from anytime.testing import assert_same_detections
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got = session.run(None, {INPUT_NAME: images.numpy()})
+    with torch.no_grad():
+        ref = [t.numpy() for t in model(images, exit=exit)]
+    keys = ("boxes", "scores", "labels", "count")
+    try:
+        assert_same_detections(dict(zip(keys, got)), dict(zip(keys, ref)), tol)
+    except AssertionError as e:
+        raise RuntimeError(f"exit {exit}: the ONNX model does not reproduce PyTorch: {e}") from None
+
+
+def export_repository(model, meta: dict, out: str | Path, *, backend: str = "python", max_batch_size: int = 8,
+                      instances: int = 1, verify: bool = True, progress=print) -> dict:
+    """Write every exit of ``model`` into the repository ``out`` and return the manifest."""
+    from anytime.model.complexity import exit_costs
+
+    out = Path(out)
+    model = model.eval()
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 256, (2, 3, cfg.image_size, cfg.image_size), generator=g, dtype=torch.uint8)
+    costs = {e["exit"]: e for e in exit_costs(cfg)["exits"]}
+    exported = {}
+    for k in range(1, model.num_exits + 1):
+        t0 = time.perf_counter()
+        data = export_exit(model, k)
+        if verify:
+            verify_exit(model, k, data, probe)
+        exported[k] = data
+        progress(f"exit {k}: exported {len(data) / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s"
+                 + (" (matches PyTorch)" if verify else ""))
+
+    old = read_manifest(out) if (out / "manifest.json").exists() else None
+    out.mkdir(parents=True, exist_ok=True)
+    exits = []
+    for k, data in exported.items():
+        write_model_dir(out, model_name(k), data, image_size=cfg.image_size, max_detections=cfg.detections_per_img,
+                        backend=backend, max_batch_size=max_batch_size, instances=instances)
+        exits.append({"exit": k, "model": model_name(k), "sha256": hashlib.sha256(data).hexdigest(),
+                      "params": costs[k]["params"], "gmacs": costs[k]["gmacs"]})
+    # Exits that an older, deeper export left behind would be served by mistake: remove them.
+    for stale in sorted(out.glob(f"{MODEL_PREFIX}*")):
+        suffix = stale.name[len(MODEL_PREFIX):]
+        if suffix.isdigit() and int(suffix) > model.num_exits:
+            shutil.rmtree(stale)
+    class_names = meta.get("class_names") or cfg.class_names or [f"class_{i}" for i in range(cfg.num_classes)]
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "exits": exits,
+        "image_size": cfg.image_size,
+        "max_detections": cfg.detections_per_img,
+        "num_classes": cfg.num_classes,
+        "class_names": list(class_names),
+        "cat_ids": meta.get("cat_ids") or list(range(1, cfg.num_classes + 1)),
+        "input": {"name": INPUT_NAME, "dtype": "UINT8", "shape": [-1, 3, cfg.image_size, cfg.image_size]},
+        "outputs": list(OUTPUT_NAMES),
+        "backend": backend,
+        "model_config": cfg.to_dict(),
+        "checkpoint": meta.get("path"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # A profile measured for other weights would mislead the scheduler; keep it only for identical models.
+        "latency_profile": (old or {}).get("latency_profile") if _same_models(old, exits) else None,
+    }
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _same_models(old: dict | None, exits: list[dict]) -> bool:
+    return bool(old) and [e.get("sha256") for e in old.get("exits", [])] == [e["sha256"] for e in exits]
+
+
+def probe_image(size: int) -> np.ndarray:
+    """A deterministic uint8 test image batch [1, 3, size, size]."""
+    return np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)

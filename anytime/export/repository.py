@@ -1,0 +1,282 @@
+"""Writes the Triton model repository around exported ONNX files, plus the repository manifest.
+
+Layout (one model per exit)::
+
+    <repo>/manifest.json
+    <repo>/anytime_exit{k}/config.pbtxt
+    <repo>/anytime_exit{k}/1/model.onnx
+    <repo>/anytime_exit{k}/1/model.py        (python backend only: the ONNX Runtime runner)
+
+Everything is written atomically: files go to a hidden temporary name inside the repository (Triton skips
+names starting with ".") and are renamed into place, so a running Triton never loads half a model.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+INPUT_NAME = "images"
+# (name, Triton data type, dims without the batch axis as a function of max_detections)
+OUTPUTS = (
+    ("boxes", "TYPE_FP32", lambda d: [d, 4]),
+    ("scores", "TYPE_FP32", lambda d: [d]),
+    ("labels", "TYPE_INT64", lambda d: [d]),
+    ("num_detections", "TYPE_INT64", lambda d: []),
+)
+BACKENDS = ("python", "onnxruntime")
+KINDS = ("cpu", "gpu")
+MANIFEST_NAME = "manifest.json"
+ONNX_FILE = "model.onnx"
+PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("triton_python_model.py")
+MANIFEST_REQUIRED = ("exits", "image_size", "max_detections")
+
+
+def model_name(exit: int) -> str:
+    """The Triton model name of exit ``exit``; clients and the export agree through this one function."""
+    return f"anytime_exit{exit}"
+
+
+@dataclass(frozen=True)
+class TritonModelConfig:
+    """What goes into one exit's ``config.pbtxt``; ``to_pbtxt`` renders it."""
+
+    name: str
+    image_size: int
+    max_detections: int
+    backend: str = "python"  # "python" (ONNX Runtime inside model.py) or "onnxruntime" (Triton's native backend)
+    max_batch_size: int = 8
+    preferred_batch_sizes: tuple[int, ...] = (2, 4, 8)
+    max_queue_delay_us: int = 2000
+    instances: int = 1
+    kind: str = "cpu"  # instance_group kind: "cpu" or "gpu"
+    intra_op_threads: int | None = None  # ONNX Runtime intra-op threads per instance; None = runtime default
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        for field in ("image_size", "max_detections", "max_batch_size", "instances"):
+            if int(getattr(self, field)) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)!r}")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us!r}")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred batch sizes {bad} are outside 1..max_batch_size={self.max_batch_size}")
+        if self.intra_op_threads is not None and self.intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads!r}")
+
+    def parameters(self) -> dict[str, str]:
+        params = {}
+        if self.backend == "python":
+            params["onnx_file"] = ONNX_FILE
+        if self.intra_op_threads is not None:
+            # the same key Triton's native onnxruntime backend reads, so both backends honour it
+            params["intra_op_thread_count"] = str(self.intra_op_threads)
+        return params
+
+    def to_pbtxt(self) -> str:
+        s, d = self.image_size, self.max_detections
+        lines = [f'name: "{self.name}"', f'backend: "{self.backend}"']
+        if self.backend == "onnxruntime":
+            lines.append('platform: "onnxruntime_onnx"')
+        lines.append(f"max_batch_size: {self.max_batch_size}")
+        lines += [
+            "input [",
+            f'  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: [ 3, {s}, {s} ] }}',
+            "]",
+            "output [",
+        ]
+        outs = []
+        for name, dtype, dims in OUTPUTS:
+            shape = dims(d)
+            if shape:
+                outs.append(f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, shape))} ] }}')
+            else:  # batch axis only: Triton needs a non-empty dims, reshaped away
+                outs.append(f'  {{ name: "{name}" data_type: {dtype} dims: [ 1 ] reshape: {{ shape: [ ] }} }}')
+        lines.append(",\n".join(outs))
+        lines.append("]")
+        preferred = ", ".join(str(b) for b in self.preferred_batch_sizes)
+        lines += [
+            "dynamic_batching {",
+            *([f"  preferred_batch_size: [ {preferred} ]"] if preferred else []),
+            f"  max_queue_delay_microseconds: {self.max_queue_delay_us}",
+            "}",
+            "instance_group [",
+            f"  {{ count: {self.instances} kind: {'KIND_GPU' if self.kind == 'gpu' else 'KIND_CPU'} }}",
+            "]",
+        ]
+        for key, value in self.parameters().items():
+            lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
+        return "\n".join(lines) + "\n"
+
+
+def write_model_dir(
+    repo: str | Path,
+    name: str,
+    onnx_path_or_bytes: str | Path | bytes,
+    *,
+    image_size: int,
+    max_detections: int,
+    backend: str = "python",
+    max_batch_size: int = 8,
+    preferred_batch_sizes: tuple[int, ...] = (2, 4, 8),
+    max_queue_delay_us: int = 2000,
+    instances: int = 1,
+    kind: str = "cpu",
+    intra_op_threads: int | None = None,
+    version: int = 1,
+) -> Path:
+    """Write (or replace) model ``name`` version ``version`` in ``repo``; returns the model directory.
+
+    A new model directory appears in one rename (config and version together); an existing one gets its
+    version directory swapped in atomically, then its config.pbtxt replaced atomically.
+    """
+    config = TritonModelConfig(
+        name=name,
+        image_size=image_size,
+        max_detections=max_detections,
+        backend=backend,
+        max_batch_size=max_batch_size,
+        preferred_batch_sizes=tuple(preferred_batch_sizes),
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        kind=kind,
+        intra_op_threads=intra_op_threads,
+    )
+    if int(version) < 1:
+        raise ValueError(f"version must be >= 1, got {version!r}")
+    if not name or name.startswith(".") or "/" in name:
+        raise ValueError(f"bad model name {name!r}")
+    repo = Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    model_dir = repo / name
+
+    if not model_dir.exists():
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+        try:
+            _fill_version_dir(staging / str(version), onnx_path_or_bytes, config)
+            (staging / "config.pbtxt").write_text(config.to_pbtxt())
+            os.chmod(staging, 0o755)
+            os.rename(staging, model_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return model_dir
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
+    try:
+        _fill_version_dir(staging, onnx_path_or_bytes, config)
+        os.chmod(staging, 0o755)
+        _replace_dir(staging, model_dir / str(version))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # after a swap it holds the old version
+    _atomic_write_text(model_dir / "config.pbtxt", config.to_pbtxt())
+    return model_dir
+
+
+def _fill_version_dir(path: Path, onnx: str | Path | bytes, config: TritonModelConfig) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    if isinstance(onnx, (bytes, bytearray, memoryview)):
+        (path / ONNX_FILE).write_bytes(bytes(onnx))
+    else:
+        shutil.copyfile(onnx, path / ONNX_FILE)
+    if config.backend == "python":
+        shutil.copyfile(PYTHON_MODEL_TEMPLATE, path / "model.py")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Put directory ``src`` at ``dst``; afterwards ``src`` holds the old ``dst`` (if any).
+
+    Uses renameat2(RENAME_EXCHANGE) so ``dst`` never goes missing; falls back to two renames where the
+    kernel or libc lack it.
+    """
+    if not dst.exists():
+        os.rename(src, dst)
+        return
+    if _exchange(src, dst):
+        return
+    aside = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(dst, aside)
+    os.rename(src, dst)
+    os.rename(aside, src)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, so a manifest can pin exactly which ONNX file each exit serves."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(repo: str | Path, manifest: dict[str, Any]) -> Path:
+    """Atomically write ``<repo>/manifest.json``.
+
+    Expected keys: ``exits`` (one entry per exit, e.g. ``{"exit": k, "model": "anytime_exit{k}",
+    "sha256": ...}``), ``image_size``, ``max_detections``, ``class_names``; optionally ``latency_profile``.
+    """
+    missing = [k for k in MANIFEST_REQUIRED if k not in manifest]
+    if missing:
+        raise ValueError(f"manifest lacks {missing}")
+    repo = Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    path = repo / MANIFEST_NAME
+    _atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_manifest(repo: str | Path) -> dict[str, Any]:
+    """Read ``<repo>/manifest.json``; a missing or incomplete manifest is a clear error."""
+    path = Path(repo) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {repo} (run `anytime export` first)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    missing = [k for k in MANIFEST_REQUIRED if k not in manifest]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}")
+    return manifest

@@ -1,0 +1,1 @@
+"""Serving side: runs NVIDIA Triton Inference Server on the exported model repository."""

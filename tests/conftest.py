@@ -1,0 +1,68 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def make_tiny_detector_onnx(image_size: int = 64, max_detections: int = 5, seed: int = 0) -> bytes:
+    """A tiny ONNX model with the exported-exit contract (uint8 images in; boxes/scores/labels/num_detections out).
+
+    Outputs depend on the input pixels (per-channel means through random weights), so a wrong batch split
+    or a mix-up between requests shows in the numbers. Built with onnx.helper: no torch import needed.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    d = max_detections
+    rng = np.random.default_rng(seed)
+    w_box = rng.normal(size=(3, d * 4)).astype(np.float32) * 50
+    w_score = rng.normal(size=(3, d)).astype(np.float32) * 4
+    inits = [
+        numpy_helper.from_array(w_box, "w_box"),
+        numpy_helper.from_array(w_score, "w_score"),
+        numpy_helper.from_array(np.array([-1, d, 4], np.int64), "box_shape"),
+        numpy_helper.from_array(np.array(1 / 255, np.float32), "inv255"),
+        numpy_helper.from_array(np.array(10.0, np.float32), "ten"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x", "inv255"], ["xn"]),
+        helper.make_node("ReduceMean", ["xn"], ["m"], axes=[2, 3], keepdims=0),  # [N, 3]
+        helper.make_node("MatMul", ["m", "w_box"], ["b"]),
+        helper.make_node("Reshape", ["b", "box_shape"], ["boxes"]),
+        helper.make_node("MatMul", ["m", "w_score"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["scores"]),
+        helper.make_node("Mul", ["scores", "ten"], ["s10"]),
+        helper.make_node("Floor", ["s10"], ["fl"]),
+        helper.make_node("Cast", ["fl"], ["labels"], to=TensorProto.INT64),
+        helper.make_node("Greater", ["scores", "half"], ["keep"]),
+        helper.make_node("Cast", ["keep"], ["keep_i"], to=TensorProto.INT64),
+        helper.make_node("ReduceSum", ["keep_i", "axis1"], ["num_detections"], keepdims=0),
+    ]
+    s = image_size
+    graph = helper.make_graph(
+        nodes,
+        "tiny_detector",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 3, s, s])],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", d, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", d]),
+            helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", d]),
+            helper.make_tensor_value_info("num_detections", TensorProto.INT64, ["N"]),
+        ],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_onnx():
+    """Factory: ``tiny_detector_onnx(image_size=64, max_detections=5, seed=0) -> bytes``."""
+    return make_tiny_detector_onnx
