@@ -33,3 +33,30 @@ def assert_same_detections(a: dict, b: dict, tol: float = 1e-3) -> None:
             assert ok.any(), (f"image {i}: detection {j} (label {a['labels'][i, j]}, score {a['scores'][i, j]:.5f}, "
                               f"box {a['boxes'][i, j]}) has no match")
             free[np.argmax(ok)] = False
+
+
+def random_detector(cfg: ModelConfig, seed: int = 0, logit_std: float = 1.0):
+    """An untrained model whose every exit gives varied, confident-enough scores (for export/serving tests).
+
+    Random weights alone make deep exits collapse to constant features (BN running stats are 0/1), so every
+    score ties at 0.5; a few train-mode passes on random images calibrate the BN statistics first.
+    """
+    import torch
+
+    from anytime.model import AnytimeRetinaNet
+
+    torch.manual_seed(seed)
+    model = AnytimeRetinaNet(cfg)
+    head = model.heads[0]
+    torch.nn.init.normal_(head.cls_logits.weight, std=logit_std)
+    torch.nn.init.zeros_(head.cls_logits.bias)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the calibration passes
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            images = torch.randint(0, 256, (4, 3, cfg.image_size, cfg.image_size), generator=g, dtype=torch.uint8)
+            model.exit_outputs(images, list(range(1, model.num_exits + 1)))
+    return model.eval()

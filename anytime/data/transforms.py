@@ -91,3 +91,16 @@ def _boxes(boxes, hw) -> tv_tensors.BoundingBoxes:
 def _big_enough(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     wh = boxes[:, 2:] - boxes[:, :2]
     return (wh >= min_size).all(dim=1).as_subclass(torch.Tensor)
+
+
+def boxes_to_original(boxes, scale: float, height: int, width: int):
+    """Undo the eval transform for xyxy boxes (numpy or torch): divide by ``scale``, clip to the original image.
+
+    The padding at the right/bottom is not part of the image, so a box reaching into it is cut at the border.
+    Returns (boxes, keep) where ``keep`` marks boxes that still have an area.
+    """
+    boxes = boxes / scale
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes, keep

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from anytime.data.transforms import boxes_to_original
+
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six numbers of COCOeval.stats
 
 
@@ -34,12 +36,15 @@ def coco_metrics(coco_gt, results: list[dict], image_ids: list[int] | None = Non
 
 def to_coco_results(detections: dict, target: dict, cat_ids: list[int]) -> list[dict]:
     """One image's detections (network pixels, contiguous labels) as COCO results (original pixels, xywh)."""
-    boxes = detections["boxes"].detach().float().cpu() / float(target["scale"])
+    h, w = target["orig_size"]
+    boxes, keep = boxes_to_original(detections["boxes"].detach().float().cpu(), float(target["scale"]), h, w)
+    boxes = boxes[keep]
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+    scores, labels = detections["scores"].cpu()[keep], detections["labels"].cpu()[keep]
     return [
         {"image_id": int(target["image_id"]), "category_id": int(cat_ids[int(label)]),
          "bbox": [round(float(v), 2) for v in box], "score": round(float(score), 5)}
-        for box, score, label in zip(xywh.tolist(), detections["scores"].tolist(), detections["labels"].tolist())
+        for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist())
     ]
 
 

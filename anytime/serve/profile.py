@@ -36,7 +36,14 @@ class LatencyProfile:
         self._observed.setdefault((exit, batch), deque(maxlen=self._window)).append(seconds)
 
     def predict(self, exit: int, batch: int = 1, quantile: float | None = None) -> float:
-        """Predicted service time in seconds at the planning quantile."""
+        """Predicted service time in seconds at the planning quantile.
+
+        Exit k+1 runs everything exit k runs and more, so the prediction never decreases with depth: noisy
+        measurements that say otherwise are lifted to the slowest shallower exit.
+        """
+        return max(self._predict_one(e, batch, quantile) for e in self.exits if e <= exit)
+
+    def _predict_one(self, exit: int, batch: int, quantile: float | None) -> float:
         q = self.quantile if quantile is None else quantile
         seen = self._observed.get((exit, batch))
         if seen is not None and len(seen) >= self.min_samples:

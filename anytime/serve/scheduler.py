@@ -27,6 +27,7 @@ from anytime.serve.profile import LatencyProfile
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
+UNAVAILABLE = "UNAVAILABLE"
 
 _ids = itertools.count()
 
@@ -84,12 +85,16 @@ class Scheduler:
         self._latency_fn = latency_fn
         self.queue: list[Request] = []  # sorted by (deadline, id)
         self.busy: dict[str, dict[int, Assignment]] = {name: {} for name in profiles}
+        self.available: set[str] = set(profiles)  # endpoints that answer; the gateway's health probe keeps it
         self.exits = sorted(set.intersection(*(set(p.exits) for p in profiles.values())))
 
     # -- the service-time model ------------------------------------------------------------------------
     @property
     def total_slots(self) -> int:
-        return self.config.slots_per_endpoint * len(self.profiles)
+        return self.config.slots_per_endpoint * max(1, len(self.available))
+
+    def set_available(self, endpoint: str, up: bool) -> None:
+        (self.available.add if up else self.available.discard)(endpoint)
 
     def allowed_exits(self, req: Request) -> list[int]:
         hi = req.max_exit if req.max_exit is not None else self.exits[-1]
@@ -109,7 +114,7 @@ class Scheduler:
     def fastest(self, req: Request) -> float:
         """Predicted seconds for the request at its first allowed exit on its fastest endpoint."""
         e = self.allowed_exits(req)[0]
-        return min(self.service_time(req, ep, e) for ep in self.profiles)
+        return min(self.service_time(req, ep, e) for ep in (self.available or self.profiles))
 
     def _in_flight_work(self, now: float) -> float:
         return sum(max(0.0, a.start + a.predicted - now) for per_ep in self.busy.values() for a in per_ep.values())
@@ -133,6 +138,8 @@ class Scheduler:
         if not self.allowed_exits(req):
             raise Rejected(INVALID_ARGUMENT, f"no exit between min_exit={req.min_exit} and max_exit={req.max_exit}; "
                                              f"this model has exits {self.exits[0]}..{self.exits[-1]}")
+        if not self.available:
+            raise Rejected(UNAVAILABLE, "no inference server is reachable right now")
         budget = req.deadline - now
         if budget <= 0:
             raise Rejected(DEADLINE_EXCEEDED, "the deadline had passed before the request was scheduled")
@@ -162,7 +169,8 @@ class Scheduler:
 
     # -- dispatch -----------------------------------------------------------------------------------------
     def free_endpoints(self) -> list[str]:
-        return [ep for ep, per in self.busy.items() if len(per) < self.config.slots_per_endpoint]
+        return [ep for ep, per in self.busy.items()
+                if ep in self.available and len(per) < self.config.slots_per_endpoint]
 
     def dispatch(self, now: float) -> tuple[list[Assignment], list[Request]]:
         """Start queued requests on free slots. Returns (assignments, expired requests to fail)."""

@@ -153,3 +153,20 @@ def test_light_load_meets_budgets_with_deep_exits():
     out = simulate(sched(profiles={"a": profile(*[v * 1.1 for v in lat])}), trace)
     assert sum(o.met for o in out) / len(out) >= 0.99
     assert sum(o.exit == 3 for o in out) / len(out) > 0.5
+
+
+def test_unavailable_endpoints_are_skipped_and_none_left_is_unavailable():
+    s = Scheduler({"a": profile(10, 20, 30), "b": profile(10, 20, 30)}, SchedulerConfig(margin_ms=0.0))
+    s.set_available("a", False)
+    s.submit(Request(deadline=1.0, arrival=0.0), now=0.0)
+    (x,), _ = s.dispatch(0.0)
+    assert x.endpoint == "b"
+    s.set_available("b", False)
+    with pytest.raises(Rejected) as e:
+        s.submit(Request(deadline=1.0, arrival=0.0), now=0.0)
+    assert e.value.code == "UNAVAILABLE"
+
+
+def test_profile_predictions_never_decrease_with_depth():
+    p = LatencyProfile({1: {1: {"p50": 5, "p95": 10}}, 2: {1: {"p50": 4, "p95": 8}}, 3: {1: {"p50": 9, "p95": 20}}})
+    assert [round(p.predict(e) * 1e3, 6) for e in (1, 2, 3)] == [10, 10, 20]

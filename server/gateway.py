@@ -1,0 +1,424 @@
+"""The anytime gateway: a gRPC ``Detector`` service that answers each request from the deepest exit its
+budget allows, dispatching to one or more Triton servers through tritonclient's asyncio gRPC client.
+
+The budget of a request is the smaller of its gRPC deadline's remaining time and its explicit ``budget_ms``
+(the configured default when it has neither). ``anytime.serve.scheduler`` decides admission, order and exit;
+this module does the I/O: decoding, Triton calls, health, metrics, auth and shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tritonclient.utils import InferenceServerException
+
+from anytime.data.transforms import boxes_to_original
+from anytime.export.repository import read_manifest
+from anytime.serve.profile import LatencyProfile
+from anytime.serve.scheduler import Rejected, Request, Scheduler, SchedulerConfig
+from server import anytime_pb2 as pb
+from server import anytime_pb2_grpc as pb_grpc
+from server.images import BadImage, decode, to_model_input
+from server.metrics import GatewayMetrics
+
+log = logging.getLogger("anytime.gateway")
+SERVICE_NAME = "anytime.v1.Detector"
+_CODES = {c.name: c for c in grpc.StatusCode}
+
+
+@dataclass
+class GatewayConfig:
+    repository: Path  # the exported repository: its manifest says exits, input size and classes
+    endpoints: list[str]  # Triton gRPC addresses, host:port
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off
+    default_budget_ms: float = 200.0
+    max_budget_ms: float = 60_000.0  # budgets above this are rejected as absurd
+    max_image_pixels: int = 40_000_000
+    max_message_bytes: int = 32 * 1024 * 1024
+    token: str | None = None  # bearer token required on Detector calls (health and reflection stay open)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    calibration_runs: int = 20  # latency samples per exit and endpoint taken at start-up
+    health_interval_s: float = 0.5
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A decoded request waiting for its exit: what the Triton call needs and where to put the answer."""
+
+    pixels: np.ndarray
+    future: asyncio.Future
+    arrival: float
+    dispatched: float | None = None
+
+
+class Gateway(pb_grpc.DetectorServicer):
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        self.manifest = read_manifest(config.repository)
+        self.exits = [e["exit"] for e in self.manifest["exits"]]
+        self.models = {e["exit"]: e["model"] for e in self.manifest["exits"]}
+        self.image_size = int(self.manifest["image_size"])
+        self.class_names = list(self.manifest["class_names"])
+        self.cat_ids = list(self.manifest.get("cat_ids") or range(1, len(self.class_names) + 1))
+        self.metrics = GatewayMetrics()
+        self.clients: dict[str, triton_aio.InferenceServerClient] = {}
+        self.scheduler: Scheduler | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._stopping = False
+
+    # -- start-up -----------------------------------------------------------------------------------------
+    async def start(self) -> "Gateway":
+        # Warm the decode/resize path once so the first request does not pay for lazy imports and allocations.
+        await asyncio.to_thread(to_model_input, _blank_image(self.image_size), self.image_size)
+        profiles = {}
+        for address in self.config.endpoints:
+            client = triton_aio.InferenceServerClient(address)
+            self.clients[address] = client
+            profiles[address] = await self._calibrate(address, client)
+        self.scheduler = Scheduler(profiles, self.config.scheduler)
+        for address in self.config.endpoints:
+            self.metrics.endpoint_up.labels(address).set(1)
+        self._spawn(self._probe_health())
+        await self._serve()
+        return self
+
+    async def _calibrate(self, address: str, client) -> LatencyProfile:
+        """Measure this endpoint's latency per exit (batch 1): the scheduler's prior for it."""
+        probe = np.zeros((1, 3, self.image_size, self.image_size), np.uint8)
+        prior = {}
+        for exit in self.exits:
+            samples = []
+            for i in range(self.config.calibration_runs + 3):
+                t0 = time.perf_counter()
+                try:
+                    await self._infer(client, exit, probe, timeout=30.0)
+                except InferenceServerException as e:
+                    raise RuntimeError(f"endpoint {address}: exit {exit} failed during calibration: {e.message()}") from None
+                if i >= 3:  # the first calls warm caches and thread pools
+                    samples.append((time.perf_counter() - t0) * 1000)
+            prior[exit] = {1: {"samples_ms": samples}}
+            log.info("endpoint %s exit %d: p50 %.1f ms, p95 %.1f ms", address, exit,
+                     np.percentile(samples, 50), np.percentile(samples, 95))
+        return LatencyProfile(prior, quantile=self.config.scheduler.quantile)
+
+    async def _serve(self) -> None:
+        c = self.config
+        options = [("grpc.max_receive_message_length", c.max_message_bytes),
+                   ("grpc.max_send_message_length", c.max_message_bytes)]
+        interceptors = [_TokenAuth(c.token)] if c.token else []
+        self._server = grpc.aio.server(options=options, interceptors=interceptors)
+        pb_grpc.add_DetectorServicer_to_server(self, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self._server)
+        address = f"{c.host}:{c.port}"
+        if c.tls_cert and c.tls_key:
+            creds = grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
+            bound = self._server.add_secure_port(address, creds)
+        else:
+            bound = self._server.add_insecure_port(address)
+        if not bound:
+            raise RuntimeError(f"cannot listen on {address}")
+        self.port = bound
+        await self._server.start()
+        if c.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(c.metrics_port, addr=c.host, registry=self.metrics.registry)
+        await self._set_health(True)
+        log.info("gateway listening on %s:%d, endpoints %s", c.host, bound, ", ".join(c.endpoints))
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            result = self._health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def _probe_health(self) -> None:
+        """Mark endpoints up or down, so requests fail fast (UNAVAILABLE) while a server is gone."""
+        while not self._stopping:
+            for address, client in self.clients.items():
+                try:
+                    up = await asyncio.wait_for(client.is_server_ready(), timeout=1.0)
+                except Exception:
+                    up = False
+                was = address in self.scheduler.available
+                if up != was:
+                    log.warning("endpoint %s is %s", address, "back" if up else "down")
+                    self._set_endpoint(address, up)
+            await asyncio.sleep(self.config.health_interval_s)
+
+    def _set_endpoint(self, address: str, up: bool) -> None:
+        self.scheduler.set_available(address, up)
+        self.metrics.endpoint_up.labels(address).set(1 if up else 0)
+        asyncio.ensure_future(self._set_health(bool(self.scheduler.available) and not self._stopping))
+        if up:
+            self._pump()
+
+    # -- shutdown -------------------------------------------------------------------------------------------
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking requests, let in-flight ones finish (up to ``grace`` seconds), then close."""
+        self._stopping = True
+        await self._set_health(False)
+        if self._server is not None:
+            await self._server.stop(grace)
+        for task in list(self._tasks):
+            task.cancel()
+        for client in self.clients.values():
+            await client.close()
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+    # -- RPCs -------------------------------------------------------------------------------------------------
+    async def Detect(self, request, context):
+        try:
+            return await self._detect(request, context.time_remaining())
+        except _Failure as f:
+            await context.abort(f.code, f.message)
+
+    async def DetectStream(self, request_iterator, context):
+        answers: asyncio.Queue = asyncio.Queue()
+        pending = 0
+
+        async def one(req):
+            try:
+                answers.put_nowait(await self._detect(req, context.time_remaining()))
+            except _Failure as f:
+                answers.put_nowait(pb.DetectResponse(request_id=req.request_id, error_code=f.code.value[0],
+                                                     error_message=f.message))
+
+        async def read():
+            nonlocal pending
+            async for req in request_iterator:
+                pending += 1
+                self._spawn(one(req))
+            answers.put_nowait(None)
+
+        self._spawn(read())
+        done_reading = False
+        while not done_reading or pending:
+            item = await answers.get()
+            if item is None:
+                done_reading = True
+                continue
+            pending -= 1
+            yield item
+
+    async def GetModelInfo(self, request, context):
+        endpoints = []
+        for address in self.config.endpoints:
+            prof = self.scheduler.profiles[address]
+            endpoints.append(pb.EndpointInfo(
+                address=address, ready=address in self.scheduler.available,
+                profile=[pb.ExitProfile(exit=e, p50_ms=prof.predict(e, 1, 0.5) * 1e3, p95_ms=prof.predict(e, 1, 0.95) * 1e3)
+                         for e in self.exits]))
+        return pb.ModelInfo(exits=self.exits, image_size=self.image_size, class_names=self.class_names,
+                            category_ids=self.cat_ids, endpoints=endpoints,
+                            default_budget_ms=self.config.default_budget_ms)
+
+    # -- one request ----------------------------------------------------------------------------------------
+    async def _detect(self, request, grpc_remaining: float | None) -> pb.DetectResponse:
+        arrival = time.monotonic()
+        status = "OK"
+        try:
+            if self._stopping:
+                raise _Failure(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
+            budget = self._budget(request, grpc_remaining)
+            if not 0.0 <= request.score_threshold <= 1.0:
+                raise _Failure(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"score_threshold must be within [0, 1], got {request.score_threshold}")
+            try:
+                pixels, scale, size = await asyncio.to_thread(self._prepare, request)
+            except BadImage as e:
+                raise _Failure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+            used = time.monotonic() - arrival
+            if used >= budget:
+                raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"decoding and resizing the image took "
+                                                                  f"{used * 1e3:.1f} ms of the {budget * 1e3:.1f} ms budget")
+            future = asyncio.get_running_loop().create_future()
+            pending = _Pending(pixels, future, arrival)
+            req = Request(deadline=arrival + budget, arrival=arrival, min_exit=request.min_exit or 1,
+                          max_exit=request.max_exit or None, payload=pending)
+            try:
+                self.scheduler.submit(req, time.monotonic())
+            except Rejected as r:
+                if r.code == "RESOURCE_EXHAUSTED":
+                    self.metrics.shed.labels("overload").inc()
+                elif r.code == "DEADLINE_EXCEEDED":
+                    self.metrics.shed.labels("infeasible").inc()
+                raise _Failure(_CODES[r.code], str(r)) from None
+            self._update_gauges()
+            self._pump()
+            wait = grpc_remaining if grpc_remaining is not None else budget + 30.0
+            try:
+                exit, endpoint, outputs = await asyncio.wait_for(asyncio.shield(future), timeout=max(wait, 0.0))
+            except asyncio.TimeoutError:
+                self.scheduler.cancel(req)
+                raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {wait * 1e3:.0f} ms") from None
+            done = time.monotonic()
+            total = done - arrival
+            met = total <= budget
+            self.metrics.exit_used.labels(str(exit)).inc()
+            self.metrics.budget.labels("met" if met else "missed").inc()
+            self.metrics.latency.labels("queue").observe(pending.dispatched - arrival)
+            self.metrics.latency.labels("inference").observe(done - pending.dispatched)
+            self.metrics.latency.labels("total").observe(total)
+            return pb.DetectResponse(
+                detections=self._detections(outputs, scale, size, request.score_threshold),
+                exit=exit, exits_available=self.exits, endpoint=endpoint, request_id=request.request_id,
+                budget_met=met,
+                timing=pb.Timing(queue_ms=(pending.dispatched - arrival) * 1e3,
+                                 inference_ms=(done - pending.dispatched) * 1e3, total_ms=total * 1e3,
+                                 budget_ms=budget * 1e3))
+        except _Failure as f:
+            status = f.code.name
+            raise
+        finally:
+            self.metrics.requests.labels(status).inc()
+            self._update_gauges()
+
+    def _budget(self, request, grpc_remaining: float | None) -> float:
+        """Seconds: min(gRPC deadline, explicit budget), else the default; absurd values are refused."""
+        b = request.budget_ms
+        if math.isnan(b) or math.isinf(b) or b < 0:
+            raise _Failure(grpc.StatusCode.INVALID_ARGUMENT, f"budget_ms must be a finite number >= 0, got {b}")
+        if b > self.config.max_budget_ms:
+            raise _Failure(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"budget_ms {b:.0f} is above the limit of {self.config.max_budget_ms:.0f} ms")
+        candidates = [x for x in (b / 1e3 if b > 0 else None, grpc_remaining) if x is not None]
+        return min(candidates) if candidates else self.config.default_budget_ms / 1e3
+
+    def _prepare(self, request) -> tuple[np.ndarray, float, tuple[int, int]]:
+        which = request.WhichOneof("image")
+        image = decode(request.encoded if which == "encoded" else None, request.raw if which == "raw" else None,
+                       self.config.max_image_pixels)
+        pixels, scale = to_model_input(image, self.image_size)
+        return pixels, scale, (image.height, image.width)
+
+    def _detections(self, outputs: dict, scale: float, size: tuple[int, int], threshold: float) -> list:
+        n = int(outputs["num_detections"].reshape(-1)[0])  # Triton returns [1, 1] for a scalar per image
+        boxes, keep = boxes_to_original(outputs["boxes"][0, :n].copy(), scale, *size)
+        scores, labels = outputs["scores"][0, :n][keep], outputs["labels"][0, :n][keep]
+        out = []
+        for box, score, label in zip(boxes[keep].tolist(), scores.tolist(), labels.tolist()):
+            if score < threshold:
+                continue
+            out.append(pb.Detection(x1=box[0], y1=box[1], x2=box[2], y2=box[3], score=score,
+                                    category_id=int(self.cat_ids[label]), category_name=self.class_names[label]))
+        return out
+
+    # -- dispatch ---------------------------------------------------------------------------------------------
+    def _pump(self) -> None:
+        started, expired = self.scheduler.dispatch(time.monotonic())
+        for req in expired:
+            self.metrics.shed.labels("expired").inc()
+            _settle(req.payload.future, exception=_Failure(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the budget ran out while the request waited for a slot"))
+        for a in started:
+            a.request.payload.dispatched = time.monotonic()
+            self._spawn(self._run(a))
+        self._update_gauges()
+
+    async def _run(self, a) -> None:
+        pending: _Pending = a.request.payload
+        client = self.clients[a.endpoint]
+        t0 = time.monotonic()
+        latency = None
+        try:
+            # The Triton call may take until the request's deadline (plus a little, to still report it late).
+            timeout = max(a.request.deadline - t0, 0.0) + 1.0
+            outputs = await self._infer(client, a.exit, pending.pixels, timeout)
+            latency = time.monotonic() - t0
+            _settle(pending.future, result=(a.exit, a.endpoint, outputs))
+        except InferenceServerException as e:
+            unreachable = "UNAVAILABLE" in str(e.status()) or "failed to connect" in e.message().lower()
+            if unreachable:
+                self._set_endpoint(a.endpoint, False)
+            code = grpc.StatusCode.UNAVAILABLE if unreachable else (
+                grpc.StatusCode.DEADLINE_EXCEEDED if "DEADLINE" in str(e.status()) else grpc.StatusCode.INTERNAL)
+            _settle(pending.future, exception=_Failure(code, f"inference server {a.endpoint}: {e.message()}"))
+        except Exception as e:  # never leave a caller waiting
+            _settle(pending.future, exception=_Failure(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
+        finally:
+            self.scheduler.complete(a, time.monotonic(), latency)
+            self._pump()
+
+    async def _infer(self, client, exit: int, pixels: np.ndarray, timeout: float) -> dict:
+        inp = triton_aio.InferInput("images", list(pixels.shape), "UINT8")
+        inp.set_data_from_numpy(pixels)
+        names = ("boxes", "scores", "labels", "num_detections")
+        result = await client.infer(self.models[exit], [inp], outputs=[triton_aio.InferRequestedOutput(n) for n in names],
+                                    client_timeout=timeout)
+        return {n: result.as_numpy(n) for n in names}
+
+    def _update_gauges(self) -> None:
+        if self.scheduler is not None:
+            self.metrics.queue_depth.set(len(self.scheduler.queue))
+            self.metrics.in_flight.set(sum(len(b) for b in self.scheduler.busy.values()))
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _blank_image(size: int):
+    from PIL import Image
+
+    return Image.new("RGB", (size, size))
+
+
+class _Failure(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _settle(future: asyncio.Future, result=None, exception: Exception | None = None) -> None:
+    if future.done():
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result)
+
+
+class _TokenAuth(grpc.aio.ServerInterceptor):
+    """Require ``authorization: Bearer <token>`` on the Detector service; health and reflection stay open."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}"
+
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.stream_stream_rpc_method_handler(deny)
+
+    async def intercept_service(self, continuation, details):
+        if not details.method.startswith(f"/{SERVICE_NAME}/"):
+            return await continuation(details)
+        metadata = dict(details.invocation_metadata or ())
+        if metadata.get("authorization") == self._expected:
+            return await continuation(details)
+        return self._deny_stream if details.method.endswith("Stream") else self._deny

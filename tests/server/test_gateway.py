@@ -1,0 +1,270 @@
+"""End to end: a real tritonserver and the real gateway process on loopback, on an exported model."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import time
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from anytime.export.exporter import export_repository
+from anytime.testing import assert_same_detections, random_detector, tiny_config
+from server import anytime_pb2 as pb
+from server import anytime_pb2_grpc as pb_grpc
+from anytime.data.transforms import boxes_to_original
+from server.images import to_model_input
+from server.stack import ServingStack
+
+EXITS = 6  # many cheap exits, so the deepest one is clearly slower than the first
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_detector(tiny_config(repeats=EXITS, width=32, score_thresh=0.97), logit_std=0.1)
+
+
+@pytest.fixture(scope="module")
+def repo(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("repo")
+    export_repository(model, {"class_names": ["a", "b", "c"], "cat_ids": [1, 7, 90]}, out, progress=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack(repo):
+    with ServingStack(repo) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def stub(stack):
+    with grpc.insecure_channel(stack.address) as channel:
+        yield pb_grpc.DetectorStub(channel)
+
+
+def png(h=150, w=200, seed=0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_detections_equal_the_exported_models(stub, model, repo):
+    """The gateway's answer is the exported exit's output on the same pixels, mapped back to the image."""
+    import onnxruntime as ort
+
+    data = png()
+    r = stub.Detect(pb.DetectRequest(encoded=data, budget_ms=10_000, request_id="x1"))
+    assert r.exit == EXITS and list(r.exits_available) == list(range(1, EXITS + 1))
+    assert r.budget_met and r.request_id == "x1" and r.timing.total_ms > 0
+    pixels, scale = to_model_input(Image.open(io.BytesIO(data)), model.cfg.image_size)
+    session = ort.InferenceSession(str(repo / f"anytime_exit{EXITS}" / "1" / "model.onnx"))
+    boxes, scores, labels, count = session.run(None, {"images": pixels})
+    n = int(count[0])
+    mapped, keep = boxes_to_original(boxes[0, :n].copy(), scale, 150, 200)  # clipped to the image as sent
+    expected = dict(boxes=mapped[keep][None], scores=scores[0, :n][keep][None], labels=labels[0, :n][keep][None],
+                    count=np.array([int(keep.sum())]))
+    got = dict(boxes=np.array([[[d.x1, d.y1, d.x2, d.y2] for d in r.detections]]),
+               scores=np.array([[d.score for d in r.detections]]),
+               labels=np.array([[[1, 7, 90].index(d.category_id) for d in r.detections]]),
+               count=np.array([len(r.detections)]))
+    assert n > 0 and keep.sum() > 0
+    assert_same_detections(got, expected, 1e-3)
+    assert {d.category_name for d in r.detections} <= {"a", "b", "c"}
+
+
+def test_raw_tensors_and_score_threshold(stub):
+    img = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    raw = pb.RawImage(height=90, width=120, channels=3, data=img.tobytes())
+    all_ = stub.Detect(pb.DetectRequest(raw=raw, budget_ms=10_000))
+    some = stub.Detect(pb.DetectRequest(raw=raw, budget_ms=10_000, score_threshold=0.985))
+    assert len(some.detections) <= len(all_.detections)
+    assert all(d.score >= 0.985 for d in some.detections)
+
+
+def test_tight_budgets_choose_shallower_exits_than_loose_ones(stub):
+    info = stub.GetModelInfo(pb.ModelInfoRequest())
+    p95 = {p.exit: p.p95_ms for p in info.endpoints[0].profile}
+    tight = (p95[1] + p95[EXITS]) / 2 + 3.0  # + a few ms for decoding, which the budget also pays
+    data = png(64, 64)
+    tight_exits, loose_exits, errors = [], [], []
+    for _ in range(5):
+        loose_exits.append(stub.Detect(pb.DetectRequest(encoded=data, budget_ms=10_000)).exit)
+        try:
+            tight_exits.append(stub.Detect(pb.DetectRequest(encoded=data, budget_ms=tight)).exit)
+        except grpc.RpcError as e:  # a noisy moment can make even exit 1 infeasible; that is an answer too
+            assert e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert loose_exits == [EXITS] * 5
+    assert tight_exits and max(tight_exits) < EXITS, (p95, tight_exits)
+
+
+def test_grpc_deadline_is_a_budget_too(stub):
+    r = stub.Detect(pb.DetectRequest(encoded=png(64, 64)), timeout=10.0)
+    assert 9_000 < r.timing.budget_ms <= 10_200 and r.exit == EXITS  # gRPC rounds the timeout it sends up a little
+
+
+@pytest.mark.parametrize("request_kwargs, fragment", [
+    (dict(encoded=b"\x89PNG\r\n\x1a\nthis is not an image"), "cannot be decoded"),
+    (dict(encoded=b""), "no image"),
+    (dict(raw=pb.RawImage(height=10, width=10, channels=3, data=b"123")), "needs 300"),
+    (dict(raw=pb.RawImage(height=8000, width=7000, channels=3, data=b"")), "megapixels exceeds"),
+    (dict(encoded=b"x", budget_ms=-5), "budget_ms must be"),
+    (dict(encoded=b"x", budget_ms=float("nan")), "budget_ms must be"),
+    (dict(encoded=b"x", budget_ms=1e12), "above the limit"),
+    (dict(encoded=b"x", score_threshold=2.0), "score_threshold"),
+])
+def test_bad_input_is_a_fast_clear_invalid_argument(stub, request_kwargs, fragment):
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Detect(pb.DetectRequest(**request_kwargs), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in e.value.details()
+    assert time.monotonic() - t0 < 2.0
+    assert stub.Detect(pb.DetectRequest(encoded=png(32, 32), budget_ms=10_000)).exit == EXITS  # still serving
+
+
+def test_a_50_megapixel_png_is_refused_before_decoding(stub):
+    buf = io.BytesIO()
+    Image.new("L", (10_000, 5_000)).save(buf, "PNG")  # compresses to a few kB
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Detect(pb.DetectRequest(encoded=buf.getvalue(), budget_ms=1000), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "50.0 megapixels" in e.value.details()
+
+
+def test_unknown_exit_and_impossible_budgets(stub):
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Detect(pb.DetectRequest(encoded=png(32, 32), min_exit=EXITS + 1), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and f"exits 1..{EXITS}" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Detect(pb.DetectRequest(encoded=png(32, 32), budget_ms=0.05), timeout=10)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    r = stub.Detect(pb.DetectRequest(encoded=png(32, 32), budget_ms=10_000, min_exit=2, max_exit=3))
+    assert r.exit == 3
+
+
+def test_stream_answers_every_item_including_failures(stack):
+    async def go():
+        async with grpc.aio.insecure_channel(stack.address) as ch:
+            stub = pb_grpc.DetectorStub(ch)
+            reqs = [pb.DetectRequest(encoded=png(48, 48, seed=i), budget_ms=10_000, request_id=str(i)) for i in range(4)]
+            reqs.append(pb.DetectRequest(encoded=b"junk", budget_ms=10_000, request_id="bad"))
+            return [r async for r in stub.DetectStream(iter(reqs))]
+    answers = {r.request_id: r for r in asyncio.run(go())}
+    assert set(answers) == {"0", "1", "2", "3", "bad"}
+    assert answers["bad"].error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert all(answers[str(i)].error_code == 0 and answers[str(i)].exit == EXITS for i in range(4))
+
+
+def test_health_reflection_and_metrics(stack, stub):
+    with grpc.insecure_channel(stack.address) as ch:
+        status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="anytime.v1.Detector"))
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        resp = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in resp.list_services_response.service}
+        assert "anytime.v1.Detector" in names
+    stub.Detect(pb.DetectRequest(encoded=png(32, 32), budget_ms=10_000))
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5).read().decode()
+    for name in ("anytime_requests_total", "anytime_exit_used_total", "anytime_budget_total", "anytime_queue_depth",
+                 "anytime_latency_seconds_bucket", "anytime_shed_total"):
+        assert name in text
+
+
+async def _open_loop(address, rate, seconds, budget_ms, seed=0):
+    """Poisson arrivals at ``rate``/s for ``seconds``; returns (status, budget_met) per request."""
+    rng = random.Random(seed)
+    data = png(64, 64)
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = pb_grpc.DetectorStub(ch)
+
+        async def one(delay):
+            await asyncio.sleep(delay)
+            try:
+                r = await stub.Detect(pb.DetectRequest(encoded=data, budget_ms=budget_ms), timeout=budget_ms / 1e3 + 2)
+                return "OK", r.budget_met
+            except grpc.aio.AioRpcError as e:
+                return e.code().name, False
+
+        t, delays = 0.0, []
+        while t < seconds:
+            t += rng.expovariate(rate)
+            delays.append(t)
+        return await asyncio.gather(*(one(d) for d in delays))
+
+
+def test_under_three_times_overload_admitted_requests_meet_their_budgets(stack, stub):
+    info = stub.GetModelInfo(pb.ModelInfoRequest())
+    p50_first = next(p.p50_ms for p in info.endpoints[0].profile if p.exit == 1)
+    rate = 3 * 1000 / p50_first  # three times what one slot can do even at the first exit
+    budget = max(60.0, 6 * p50_first)
+    results = asyncio.run(_open_loop(stack.address, rate, 3.0, budget))
+    ok = [met for status, met in results if status == "OK"]
+    shed = sum(status == "RESOURCE_EXHAUSTED" for status, _ in results)
+    assert shed > 0 and len(ok) > 10
+    assert sum(ok) / len(ok) >= 0.9, (len(results), len(ok), sum(ok), shed)
+    assert stub.Detect(pb.DetectRequest(encoded=png(32, 32), budget_ms=10_000)).exit == EXITS  # recovers
+
+
+def test_killed_triton_fails_fast_with_unavailable_and_recovers(stack, stub):
+    triton = stack.tritons[0]
+    triton.stop(grace=0.1)
+    t0 = time.monotonic()
+    codes = set()
+    for _ in range(3):
+        try:
+            stub.Detect(pb.DetectRequest(encoded=png(32, 32), budget_ms=500), timeout=5)
+            codes.add("OK")
+        except grpc.RpcError as e:
+            codes.add(e.code().name)
+    assert codes == {"UNAVAILABLE"} and time.monotonic() - t0 < 3 * 0.5
+    triton.start()
+    triton.wait_ready(60)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            assert stub.Detect(pb.DetectRequest(encoded=png(32, 32), budget_ms=10_000), timeout=5).exit >= 1
+            break
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
+
+
+def test_two_tritons_share_the_load(repo):
+    with ServingStack(repo, tritons=2) as s:
+        info = None
+        with grpc.insecure_channel(s.address) as ch:
+            info = pb_grpc.DetectorStub(ch).GetModelInfo(pb.ModelInfoRequest())
+        assert len(info.endpoints) == 2 and all(e.ready for e in info.endpoints)
+
+        async def burst():
+            async with grpc.aio.insecure_channel(s.address) as ch:
+                stub = pb_grpc.DetectorStub(ch)
+                rs = await asyncio.gather(*(stub.Detect(pb.DetectRequest(encoded=png(64, 64), budget_ms=5000))
+                                            for _ in range(12)))
+                return {r.endpoint for r in rs}
+        assert len(asyncio.run(burst())) == 2
+
+
+def test_token_auth_and_graceful_shutdown(repo):
+    with ServingStack(repo, gateway_args=("--token", "s3cret")) as s:
+        with grpc.insecure_channel(s.address) as ch:
+            stub = pb_grpc.DetectorStub(ch)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Detect(pb.DetectRequest(encoded=png(32, 32)), timeout=5)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            auth = (("authorization", "Bearer s3cret"),)
+            assert stub.Detect(pb.DetectRequest(encoded=png(32, 32), budget_ms=5000), metadata=auth).exit == EXITS
+            big = io.BytesIO()
+            Image.new("RGB", (4000, 4000), (10, 20, 30)).save(big, "PNG")  # slow to decode: still in flight at SIGTERM
+            in_flight = stub.Detect.future(pb.DetectRequest(encoded=big.getvalue(), budget_ms=5000), metadata=auth)
+            time.sleep(0.05)
+            assert s.stop_gateway() == 0  # SIGTERM: drains, then exits cleanly
+            assert in_flight.result(timeout=10).exit >= 1
