@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -147,8 +147,13 @@ def load_model_config(name_or_path: str | Path | None = None) -> ModelConfig:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    return ModelConfig.from_dict(data.get("model", data))
+    model = dict(data.get("model", data))
+    # A training config may leave the dataset-given fields null (training fills them in from the data).
+    for key in ("num_classes", "class_names"):
+        if model.get(key, 0) is None:
+            del model[key]
+    return ModelConfig.from_dict(model)
 
 # The embedded default model (trained on the default synthetic benchmark; see README "The default model").
-DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "default_model.pt"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "default_model.pt"
 DEFAULT_REPOSITORY = Path("model_repository")

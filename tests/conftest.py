@@ -66,3 +66,37 @@ def make_tiny_detector_onnx(image_size: int = 64, max_detections: int = 5, seed:
 def tiny_detector_onnx():
     """Factory: ``tiny_detector_onnx(image_size=64, max_detections=5, seed=0) -> bytes``."""
     return make_tiny_detector_onnx
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, spinning OpenMP threads make each step 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_synth_dir(tmp_path_factory):
+    """A tiny synthetic COCO dataset (16 train, 4 val images of 64 px)."""
+    from anytime.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("synth"), num_train=16, num_val=4, image_size=64, progress=False)
+
+
+def export_tiny_detector(out, exits: int = 3) -> None:
+    """Export an untrained tiny detector that still finds things in random images (see ``random_detector``)."""
+    from anytime.export.exporter import export_repository
+    from anytime.testing import random_detector, tiny_config
+
+    model = random_detector(tiny_config(repeats=exits, score_thresh=0.97), logit_std=0.1)
+    export_repository(model, {}, out, progress=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def export_tiny():
+    """Factory: ``export_tiny(out_dir, exits=3)`` writes a tiny exported repository."""
+    return export_tiny_detector

@@ -11,18 +11,13 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from anytime.export.onnx import INPUT_NAME, OUTPUT_NAMES, export_exit
-from anytime.export.repository import read_manifest, write_manifest, write_model_dir
+from anytime.export.repository import model_name, read_manifest, write_manifest, write_model_dir
 
-MODEL_PREFIX = "anytime_exit"
+MODEL_PREFIX = model_name(0)[:-1]  # "anytime_exit"
 MANIFEST_FORMAT = 1
-
-
-def model_name(exit: int) -> str:
-    return f"{MODEL_PREFIX}{exit}"
 
 
 def verify_exit(model, exit: int, onnx_bytes: bytes, images: torch.Tensor, tol: float = 1e-3) -> None:
@@ -88,8 +83,10 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
         "input": {"name": INPUT_NAME, "dtype": "UINT8", "shape": [-1, 3, cfg.image_size, cfg.image_size]},
         "outputs": list(OUTPUT_NAMES),
         "backend": backend,
+        "max_batch_size": max_batch_size,
         "model_config": cfg.to_dict(),
         "checkpoint": meta.get("path"),
+        "checkpoint_sha256": _file_sha256(meta.get("path")),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # A profile measured for other weights would mislead the scheduler; keep it only for identical models.
         "latency_profile": (old or {}).get("latency_profile") if _same_models(old, exits) else None,
@@ -98,10 +95,9 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
     return manifest
 
 
+def _file_sha256(path) -> str | None:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else None
+
+
 def _same_models(old: dict | None, exits: list[dict]) -> bool:
     return bool(old) and [e.get("sha256") for e in old.get("exits", [])] == [e["sha256"] for e in exits]
-
-
-def probe_image(size: int) -> np.ndarray:
-    """A deterministic uint8 test image batch [1, 3, size, size]."""
-    return np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)

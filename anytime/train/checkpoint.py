@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from anytime.config import ConfigError, ModelConfig
+from anytime.config import DEFAULT_CHECKPOINT, ConfigError, ModelConfig
 from anytime.model import AnytimeRetinaNet
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model.pt"  # the small shipped model
+DEFAULT_MODEL = DEFAULT_CHECKPOINT  # the small shipped model (one definition, in anytime.config)
 FORMAT = "anytime-checkpoint"
 VERSION = 1
 # BN statistics stay fp32 in half-precision files: tiny variances would flush to zero in fp16.

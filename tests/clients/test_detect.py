@@ -6,27 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from anytime.cli import main
-from anytime.export.exporter import export_repository
-from anytime.model import AnytimeRetinaNet
-from anytime.testing import tiny_config
 from server.stack import ServingStack
 
 
-def export_tiny(out) -> None:
-    """A 3-exit tiny model whose class logits are spread so that it detects things in random images."""
-    torch.manual_seed(0)
-    model = AnytimeRetinaNet(tiny_config(repeats=3, score_thresh=0.2)).eval()
-    torch.nn.init.normal_(model.heads[0].cls_logits.weight, std=0.3)
-    torch.nn.init.zeros_(model.heads[0].cls_logits.bias)
-    export_repository(model, {}, out, progress=lambda *_: None)
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, export_tiny):
     repo = tmp_path_factory.mktemp("detect") / "repo"
     export_tiny(repo)
     with ServingStack(repo) as s:

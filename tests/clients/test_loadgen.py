@@ -6,25 +6,12 @@ import asyncio
 import json
 
 import pytest
-import torch
 
 from anytime.cli import main
-from anytime.export.exporter import export_repository
-from anytime.model import AnytimeRetinaNet
-from anytime.testing import tiny_config
 from clients.loadgen import SettingResult, evaluate_results, loadgen, open_dataset, parse_budget, run_setting
 from server.stack import ServingStack
 
 N_VAL = 12
-
-
-def export_tiny(out) -> None:
-    """A 3-exit tiny model (the dataset's image size) whose spread class logits make it detect things."""
-    torch.manual_seed(0)
-    model = AnytimeRetinaNet(tiny_config(repeats=3, score_thresh=0.2)).eval()
-    torch.nn.init.normal_(model.heads[0].cls_logits.weight, std=0.3)
-    torch.nn.init.zeros_(model.heads[0].cls_logits.bias)
-    export_repository(model, {}, out, progress=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +23,7 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, export_tiny):
     repo = tmp_path_factory.mktemp("loadgen") / "repo"
     export_tiny(repo)
     with ServingStack(repo) as s:

@@ -14,20 +14,12 @@ TINY_MODEL = {"backbone": "resnet10", "backbone_width": 0.25, "width": 16, "repe
               "score_thresh": 0.001}  # an untrained model scores ~0.01: keep its detections so they get scored
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning OpenMP threads make each step 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    from anytime.data.synth import generate
-
-    return generate(tmp_path_factory.mktemp("synth"), num_train=16, num_val=4, image_size=64, progress=False)
+def data_dir(tiny_synth_dir) -> Path:
+    return tiny_synth_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Every exit exports to ONNX and gives PyTorch's detections (a smoke test; full export lives in tests/export)."""
 
-import numpy as np
 import onnxruntime as ort
 import torch
 

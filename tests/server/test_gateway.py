@@ -10,7 +10,6 @@ import time
 import grpc
 import numpy as np
 import pytest
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
@@ -100,8 +99,9 @@ def test_tight_budgets_choose_shallower_exits_than_loose_ones(stub):
             tight_exits.append(stub.Detect(pb.DetectRequest(encoded=data, budget_ms=tight)).exit)
         except grpc.RpcError as e:  # a noisy moment can make even exit 1 infeasible; that is an answer too
             assert e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            errors.append(e.details())
     assert loose_exits == [EXITS] * 5
-    assert tight_exits and max(tight_exits) < EXITS, (p95, tight_exits)
+    assert tight_exits and max(tight_exits) < EXITS, (p95, tight_exits, errors)
 
 
 def test_grpc_deadline_is_a_budget_too(stub):
