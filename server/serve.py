@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -50,7 +49,7 @@ def run(args) -> int:
     from anytime.cli import UserError
     from anytime.config import DEFAULT_REPOSITORY
     from anytime.serve.scheduler import SchedulerConfig
-    from server.gateway import Gateway, GatewayConfig
+    from server.gateway import GatewayConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if (args.tls_cert is None) != (args.tls_key is None):
