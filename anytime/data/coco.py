@@ -246,9 +246,17 @@ def _as_arrays(boxes: list, labels: list, crowd: list) -> tuple[np.ndarray, np.n
 def _make_coco(data: dict, skipped: set) -> COCO:
     """A pycocotools COCO over the data minus skipped images and annotations of unknown images."""
     images = [im for im in data["images"] if im["id"] not in skipped]
-    keep = {im["id"] for im in images}
+    by_id = {im["id"]: im for im in images}
+    annotations = []
+    for a in data["annotations"]:
+        img = by_id.get(a.get("image_id"))
+        if img is None:
+            continue
+        if "bbox" not in a and a.get("segmentation"):  # COCOeval needs a box: derive it as training does
+            a = dict(a, bbox=_bbox_from_segmentation(a["segmentation"], img["height"], img["width"]))
+        annotations.append(a)
     coco = COCO()
-    coco.dataset = dict(data, images=images, annotations=[a for a in data["annotations"] if a.get("image_id") in keep])
+    coco.dataset = dict(data, images=images, annotations=annotations)
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
         coco.createIndex()
     return coco

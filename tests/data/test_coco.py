@@ -140,3 +140,17 @@ def test_broken_json_names_the_file(tmp_path):
     ann_file.write_text('{"images": [')
     with pytest.raises(DatasetError, match="instances_train.json.*not valid JSON"):
         CocoDetection(image_dir, ann_file)
+
+
+def test_odd_coco_file_evaluates_with_crowds_ignored(tmp_path):
+    """Ground truth as predictions scores AP 1.0 on the odd file; a detection on a crowd region costs nothing."""
+    from anytime.eval.coco_eval import coco_metrics
+
+    ds = CocoDetection(*_good(tmp_path))
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in ds.coco.dataset["annotations"] if not a["iscrowd"]]
+    assert coco_metrics(ds.coco, results, ds.ids)["AP"] == pytest.approx(1.0)
+    on_crowd = {"image_id": 1, "category_id": 1, "bbox": [32, 22, 25, 15], "score": 0.9}
+    assert coco_metrics(ds.coco, results + [on_crowd], ds.ids)["AP"] == pytest.approx(1.0)
+    stray = {"image_id": 2, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.95}
+    assert coco_metrics(ds.coco, results + [stray], ds.ids)["AP"] < 1.0
