@@ -147,7 +147,7 @@ def test_odd_coco_file_evaluates_with_crowds_ignored(tmp_path):
     from anytime.eval.coco_eval import coco_metrics
 
     ds = CocoDetection(*_good(tmp_path))
-    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.5}
                for a in ds.coco.dataset["annotations"] if not a["iscrowd"]]
     assert coco_metrics(ds.coco, results, ds.ids)["AP"] == pytest.approx(1.0)
     on_crowd = {"image_id": 1, "category_id": 1, "bbox": [32, 22, 25, 15], "score": 0.9}
