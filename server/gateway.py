@@ -33,6 +33,7 @@ from server.metrics import GatewayMetrics
 
 log = logging.getLogger("anytime.gateway")
 SERVICE_NAME = "anytime.v1.Detector"
+LATE_ANSWER_GRACE_S = 1.0
 _CODES = {c.name: c for c in grpc.StatusCode}
 
 
@@ -169,6 +170,11 @@ class Gateway(pb_grpc.DetectorServicer):
     def _set_endpoint(self, address: str, up: bool) -> None:
         self.scheduler.set_available(address, up)
         self.metrics.endpoint_up.labels(address).set(1 if up else 0)
+        if not self.scheduler.available:  # nothing can serve the queue now: fail it at once, not at its deadline
+            while self.scheduler.queue:
+                req = self.scheduler.queue.pop(0)
+                _settle(req.payload.future, exception=_Failure(grpc.StatusCode.UNAVAILABLE,
+                                                               "no inference server is reachable right now"))
         asyncio.ensure_future(self._set_health(bool(self.scheduler.available) and not self._stopping))
         if up:
             self._pump()
@@ -268,12 +274,17 @@ class Gateway(pb_grpc.DetectorServicer):
                 raise _Failure(_CODES[r.code], str(r)) from None
             self._update_gauges()
             self._pump()
-            wait = grpc_remaining if grpc_remaining is not None else budget + 30.0
+            # Wait for the answer until the gRPC deadline, or a little past the budget (a late answer is still
+            # returned, marked budget_met=false); a request still queued then leaves the queue.
+            wait = grpc_remaining if grpc_remaining is not None else budget + LATE_ANSWER_GRACE_S
             try:
                 exit, endpoint, outputs = await asyncio.wait_for(asyncio.shield(future), timeout=max(wait, 0.0))
             except asyncio.TimeoutError:
                 self.scheduler.cancel(req)
                 raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {wait * 1e3:.0f} ms") from None
+            except asyncio.CancelledError:  # the client went away: do not spend a slot on it
+                self.scheduler.cancel(req)
+                raise
             done = time.monotonic()
             total = done - arrival
             met = total <= budget
