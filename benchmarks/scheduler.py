@@ -9,7 +9,9 @@ latency). Each request is one image of the val split; its true service time per 
 samples that `anytime profile` measured through Triton (one shared quantile per request, so a slow request is
 slow at every exit). AP at budget is COCO AP over all requests, where a request contributes the detections of
 the exit it got only if it was answered within its budget. Budget-met is counted over requests whose budget is
-feasible (at least exit 1's p95 in an idle system). Prints a table and writes runs/bench/scheduler.{json,png}.
+feasible (at least exit 1's p95 in an idle system). Budgets are uniform between 2x exit 1's p95 and 4x the
+deepest exit's p95 by default (--budget-range): a budget at exactly exit 1's idle latency cannot be met by any
+policy once another request is in service. Prints a table and writes runs/bench/scheduler.{json,png}.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=Path("data/synth"))
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--rounds", type=int, default=3, help="traces per load (each sends every val image once)")
-    ap.add_argument("--quantile", type=float, default=0.95)
+    ap.add_argument("--quantile", type=float, default=0.95, help="latency quantile the anytime scheduler plans with")
+    ap.add_argument("--budget-range", default="2,4", help="budgets are uniform in [A x p95(exit 1), B x p95(deepest)]")
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = ap.parse_args()
 
@@ -121,7 +124,8 @@ def main() -> int:
     image_ids = [int(i) for i in images]
     p95 = {e: float(np.quantile(s, 0.95)) for e, s in samples.items()}
     capacity = 1.0 / float(np.mean(samples[exits[-1]]))
-    budgets = (p95[exits[0]], 3.0 * p95[exits[-1]])  # from "just exit 1" to "deepest with room to queue"
+    lo, hi = (float(x) for x in args.budget_range.split(","))
+    budgets = (lo * p95[exits[0]], hi * p95[exits[-1]])
     exit_ap = {e: coco_metrics(coco_gt, [r for i in images for r in detections[i][str(e)]], image_ids)["AP"] for e in exits}
     print(f"latency p95 per exit (ms): {', '.join(f'{e}: {p95[e] * 1e3:.2f}' for e in exits)}; "
           f"capacity at exit {exits[-1]}: {capacity:.1f} req/s; budgets uniform in "
@@ -154,7 +158,8 @@ def main() -> int:
         print(f"{r['load']:>5.0%} {r['policy']:>8} {r['budget_met']:>11.2%} {r['ap_at_budget']:>10.4f} "
               f"{r['ap_vs_oracle']:>10.2%} {r['shed']:>6.1%} {r['mean_exit']:>10.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scheduler.json").write_text(json.dumps({"rows": rows, "p95_ms": {e: v * 1e3 for e, v in p95.items()},
+    (args.out / "scheduler.json").write_text(json.dumps({"rows": rows, "budgets_ms": [b * 1e3 for b in budgets],
+                                                         "quantile": args.quantile, "p95_ms": {e: v * 1e3 for e, v in p95.items()},
                                                          "capacity_rps": capacity, "exit_ap": exit_ap}, indent=1))
     _plot(rows, args.out / "scheduler.png")
     print(f"\nwrote {args.out / 'scheduler.json'} and {args.out / 'scheduler.png'}")

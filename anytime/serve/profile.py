@@ -43,6 +43,24 @@ class LatencyProfile:
         """
         return max(self._predict_one(e, batch, quantile) for e in self.exits if e <= exit)
 
+    def expected(self, exit: int, batch: int = 1) -> float:
+        """Mean service time in seconds (also never decreasing with depth).
+
+        Waits behind other requests add up their *expected* times: a sum of p95s would be far more pessimistic
+        than the p95 of the sum and make admission control refuse work it could do.
+        """
+        return max(self._mean_one(e, batch) for e in self.exits if e <= exit)
+
+    def _mean_one(self, exit: int, batch: int) -> float:
+        seen = self._observed.get((exit, batch))
+        if seen is not None and len(seen) >= self.min_samples:
+            return float(np.mean(np.fromiter(seen, float)))
+        per_batch = self.prior[exit]
+        stats = per_batch[batch if batch in per_batch else min(per_batch, key=lambda x: abs(x - batch))]
+        if stats.get("samples_ms"):
+            return float(np.mean(stats["samples_ms"])) / 1000.0
+        return float(stats.get("mean", self._prior_quantile(exit, batch, 0.5))) / 1000.0
+
     def _predict_one(self, exit: int, batch: int, quantile: float | None) -> float:
         q = self.quantile if quantile is None else quantile
         seen = self._observed.get((exit, batch))

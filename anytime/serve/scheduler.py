@@ -50,6 +50,7 @@ class Assignment:
     exit: int
     start: float
     predicted: float  # predicted service seconds (planning quantile, margin included)
+    expected: float = 0.0  # mean service seconds (margin included): what requests behind it wait for
 
 
 class Rejected(Exception):
@@ -104,33 +105,38 @@ class Scheduler:
             allowed = [e for e in allowed if e == fixed]
         return allowed
 
-    def service_time(self, req: Request, endpoint: str, exit: int) -> float:
+    def service_time(self, req: Request, endpoint: str, exit: int, expected: bool = False) -> float:
+        """Seconds the request would take: at the planning quantile, or its mean (``expected``)."""
         if self._latency_fn is not None:
             base = self._latency_fn(req, endpoint, exit)
+        elif expected:
+            base = self.profiles[endpoint].expected(exit, 1)
         else:
             base = self.profiles[endpoint].predict(exit, 1, self.config.quantile)
         return base + self.config.margin_ms / 1000.0
 
-    def fastest(self, req: Request) -> float:
-        """Predicted seconds for the request at its first allowed exit on its fastest endpoint."""
+    def fastest(self, req: Request, expected: bool = False) -> float:
+        """Seconds for the request at its first allowed exit on its fastest endpoint."""
         e = self.allowed_exits(req)[0]
-        return min(self.service_time(req, ep, e) for ep in (self.available or self.profiles))
+        return min(self.service_time(req, ep, e, expected) for ep in (self.available or self.profiles))
 
     def _in_flight_work(self, now: float) -> float:
-        return sum(max(0.0, a.start + a.predicted - now) for per_ep in self.busy.values() for a in per_ep.values())
+        return sum(max(0.0, a.start + a.expected - now) for per_ep in self.busy.values() for a in per_ep.values())
 
     def _finish_times(self, now: float, queue: list[Request], extra_work: float = 0.0) -> list[float]:
-        """Estimated finish time of each queued request (in order) if every one takes its fastest exit."""
+        """Estimated finish time of each queued request (in order) if every one takes its fastest exit.
+
+        A request waits for the expected work ahead of it and then takes its own planning-quantile time.
+        """
         acc, out = self._in_flight_work(now) + extra_work, []
         for r in queue:
-            f = self.fastest(r)
-            out.append(now + acc / self.total_slots + f)
-            acc += f
+            out.append(now + acc / self.total_slots + self.fastest(r))
+            acc += self.fastest(r, expected=True)
         return out
 
     def estimated_wait(self, now: float) -> float:
         """Seconds a request arriving now with a late deadline would wait for a slot."""
-        return (self._in_flight_work(now) + sum(self.fastest(r) for r in self.queue)) / self.total_slots
+        return (self._in_flight_work(now) + sum(self.fastest(r, expected=True) for r in self.queue)) / self.total_slots
 
     # -- admission --------------------------------------------------------------------------------------
     def submit(self, req: Request, now: float) -> None:
@@ -183,7 +189,7 @@ class Scheduler:
                     continue
                 req.best_effort = True
             endpoint, exit, predicted = self._choose(req, now)
-            a = Assignment(req, endpoint, exit, now, predicted)
+            a = Assignment(req, endpoint, exit, now, predicted, self.service_time(req, endpoint, exit, expected=True))
             self.busy[endpoint][req.id] = a
             started.append(a)
         return started, expired
@@ -194,14 +200,15 @@ class Scheduler:
         feasible_before = None
         if self.config.protect_queue and rest:
             # who among the queued can still make it if this request takes its fastest exit
-            feasible_before = [f <= r.deadline for r, f in zip(rest, self._finish_times(now, rest, self.fastest(req)))]
+            feasible_before = [f <= r.deadline for r, f in
+                               zip(rest, self._finish_times(now, rest, self.fastest(req, expected=True)))]
         best = None
         for ep in self.free_endpoints():
             for exit in reversed(allowed):
                 s = self.service_time(req, ep, exit)
                 fits = now + s <= req.deadline or (req.best_effort and exit == allowed[0])
                 if fits and feasible_before is not None:
-                    finish = self._finish_times(now, rest, s)
+                    finish = self._finish_times(now, rest, self.service_time(req, ep, exit, expected=True))
                     fits = all(f <= r.deadline for r, f, ok in zip(rest, finish, feasible_before) if ok)
                 if fits:
                     if best is None or (exit, -s) > (best[1], -best[2]):
