@@ -17,6 +17,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--data", help="dataset root (default: train.data_dir, else the default synthetic benchmark)")
     p.add_argument("--max-iters", type=int, help="override train.max_iters")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--save-inference", metavar="PATH",
+                   help="also write the final model as a small inference checkpoint (config + fp16 weights) here")
     # Crash-recovery testing: checkpoint at this iteration, then SIGKILL this process.
     p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
@@ -55,5 +57,12 @@ def run(args) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     if int(os.environ.get("RANK", 0)) == 0:
-        print(json.dumps({k: summary[k] for k in ("iteration", "skipped_steps", "checkpoint")}))
+        if args.save_inference:
+            from anytime.train.checkpoint import load_model, save_inference_checkpoint
+
+            model, meta = load_model(summary["checkpoint"])
+            save_inference_checkpoint(model, args.save_inference, meta)
+            summary["inference_checkpoint"] = args.save_inference
+        print(json.dumps({k: summary[k] for k in ("iteration", "skipped_steps", "checkpoint", "inference_checkpoint")
+                          if k in summary}))
     return 0

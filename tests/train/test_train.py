@@ -178,3 +178,21 @@ def test_schedule_and_sharding():
     assert len(single) == 1 and sorted(shards[0][0] + shards[1][0]) == sorted(single[0])
     assert list(EpochBatches(10, 4, 1, 2))[1] == single[0]
     assert list(EpochBatches(10, 4, 1, 3)) != list(EpochBatches(10, 4, 1, 2))
+
+
+def test_cli_trains_and_writes_an_inference_checkpoint(data_dir, tmp_path, capsys):
+    import json as _json
+
+    from anytime.cli import main
+    from anytime.train.checkpoint import load_model
+
+    cfg = tmp_path / "run.json"
+    cfg.write_text(_json.dumps({"model": TINY_MODEL, "train": {
+        "data_dir": str(data_dir), "out_dir": str(tmp_path / "run"), "batch_size": 2, "max_iters": 2,
+        "lr": 0.01, "warmup_iters": 1, "log_every": 1, "checkpoint_every": 1}}))
+    small = tmp_path / "small.pt"
+    assert main(["train", "--config", str(cfg), "--no-progress", "--save-inference", str(small)]) == 0
+    summary = _json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["iteration"] == 2 and summary["inference_checkpoint"] == str(small)
+    model, meta = load_model(small)
+    assert meta["kind"] == "inference" and small.stat().st_size < (tmp_path / "run" / "final.pt").stat().st_size
