@@ -105,13 +105,13 @@ class Gateway(pb_grpc.DetectorServicer):
         prior = {}
         for exit in self.exits:
             samples = []
-            for i in range(self.config.calibration_runs + 3):
+            for i in range(self.config.calibration_runs + 5):
                 t0 = time.perf_counter()
                 try:
                     await self._infer(client, exit, probe, timeout=30.0)
                 except InferenceServerException as e:
                     raise RuntimeError(f"endpoint {address}: exit {exit} failed during calibration: {e.message()}") from None
-                if i >= 3:  # the first calls warm caches and thread pools
+                if i >= 5:  # the first calls warm caches and thread pools
                     samples.append((time.perf_counter() - t0) * 1000)
             prior[exit] = {1: {"samples_ms": samples}}
             log.info("endpoint %s exit %d: p50 %.1f ms, p95 %.1f ms", address, exit,
@@ -252,6 +252,13 @@ class Gateway(pb_grpc.DetectorServicer):
             if not 0.0 <= request.score_threshold <= 1.0:
                 raise _Failure(grpc.StatusCode.INVALID_ARGUMENT,
                                f"score_threshold must be within [0, 1], got {request.score_threshold}")
+            # Admission before decoding: under overload a refused request must cost (almost) nothing.
+            probe = Request(deadline=arrival + budget, arrival=arrival, min_exit=request.min_exit or 1,
+                            max_exit=request.max_exit or None)
+            try:
+                self.scheduler.check(probe, time.monotonic())
+            except Rejected as r:
+                raise self._refused(r) from None
             try:
                 pixels, scale, size = await asyncio.to_thread(self._prepare, request)
             except BadImage as e:
@@ -267,11 +274,7 @@ class Gateway(pb_grpc.DetectorServicer):
             try:
                 self.scheduler.submit(req, time.monotonic())
             except Rejected as r:
-                if r.code == "RESOURCE_EXHAUSTED":
-                    self.metrics.shed.labels("overload").inc()
-                elif r.code == "DEADLINE_EXCEEDED":
-                    self.metrics.shed.labels("infeasible").inc()
-                raise _Failure(_CODES[r.code], str(r)) from None
+                raise self._refused(r) from None
             self._update_gauges()
             self._pump()
             # Wait for the answer until the gRPC deadline, or a little past the budget (a late answer is still
@@ -306,6 +309,13 @@ class Gateway(pb_grpc.DetectorServicer):
         finally:
             self.metrics.requests.labels(status).inc()
             self._update_gauges()
+
+    def _refused(self, r: Rejected) -> "_Failure":
+        if r.code == "RESOURCE_EXHAUSTED":
+            self.metrics.shed.labels("overload").inc()
+        elif r.code == "DEADLINE_EXCEEDED":
+            self.metrics.shed.labels("infeasible").inc()
+        return _Failure(_CODES[r.code], str(r))
 
     def _budget(self, request, grpc_remaining: float | None) -> float:
         """Seconds: min(gRPC deadline, explicit budget), else the default; absurd values are refused."""

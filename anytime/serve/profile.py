@@ -15,11 +15,14 @@ class LatencyProfile:
     """Service-time model of one endpoint.
 
     ``prior[exit][batch]`` holds quantiles in milliseconds ({"p50", "p95", "p99"}, optionally "samples_ms").
-    Once ``min_samples`` latencies have been observed for an (exit, batch) pair, the quantile of the last
-    ``window`` observations replaces the prior, so the profile follows the endpoint as load and hardware drift.
+    Two online corrections follow the endpoint as load and hardware drift: every observation updates one
+    slowdown factor (observed / prior mean, exponentially smoothed) that scales every exit's prior, because
+    contention slows all exits alike; and once ``min_samples`` latencies of an (exit, batch) pair are in, the
+    quantile of its last ``window`` observations is used when it is higher.
     """
 
-    def __init__(self, prior: dict, quantile: float = 0.95, window: int = 256, min_samples: int = 16):
+    def __init__(self, prior: dict, quantile: float = 0.95, window: int = 64, min_samples: int = 16,
+                 slowdown_alpha: float = 0.3):
         if not prior:
             raise ValueError("a latency profile needs at least one exit")
         self.prior = {int(e): {int(b): dict(q) for b, q in per_batch.items()} for e, per_batch in prior.items()}
@@ -27,6 +30,9 @@ class LatencyProfile:
         self.min_samples = min_samples
         self._window = window
         self._observed: dict[tuple[int, int], deque] = {}
+        # Load on the endpoint's machine slows every exit alike: one factor, observed / prior mean, smoothed.
+        self.slowdown = 1.0
+        self._alpha = slowdown_alpha
 
     @property
     def exits(self) -> list[int]:
@@ -34,6 +40,8 @@ class LatencyProfile:
 
     def observe(self, exit: int, batch: int, seconds: float) -> None:
         self._observed.setdefault((exit, batch), deque(maxlen=self._window)).append(seconds)
+        ratio = seconds / max(self._prior_mean(exit, batch), 1e-6)
+        self.slowdown = min(max((1 - self._alpha) * self.slowdown + self._alpha * ratio, 0.5), 10.0)
 
     def predict(self, exit: int, batch: int = 1, quantile: float | None = None) -> float:
         """Predicted service time in seconds at the planning quantile.
@@ -52,9 +60,13 @@ class LatencyProfile:
         return max(self._mean_one(e, batch) for e in self.exits if e <= exit)
 
     def _mean_one(self, exit: int, batch: int) -> float:
+        scaled = self._prior_mean(exit, batch) * self.slowdown
         seen = self._observed.get((exit, batch))
         if seen is not None and len(seen) >= self.min_samples:
-            return float(np.mean(np.fromiter(seen, float)))
+            return max(scaled, float(np.mean(np.fromiter(seen, float))))
+        return scaled
+
+    def _prior_mean(self, exit: int, batch: int) -> float:
         per_batch = self.prior[exit]
         stats = per_batch[batch if batch in per_batch else min(per_batch, key=lambda x: abs(x - batch))]
         if stats.get("samples_ms"):
@@ -63,10 +75,11 @@ class LatencyProfile:
 
     def _predict_one(self, exit: int, batch: int, quantile: float | None) -> float:
         q = self.quantile if quantile is None else quantile
+        scaled = self._prior_quantile(exit, batch, q) / 1000.0 * self.slowdown
         seen = self._observed.get((exit, batch))
         if seen is not None and len(seen) >= self.min_samples:
-            return float(np.quantile(np.fromiter(seen, float), q))
-        return self._prior_quantile(exit, batch, q) / 1000.0
+            return max(scaled, float(np.quantile(np.fromiter(seen, float), q)))
+        return scaled
 
     def _prior_quantile(self, exit: int, batch: int, q: float) -> float:
         per_batch = self.prior[exit]

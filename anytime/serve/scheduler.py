@@ -141,6 +141,13 @@ class Scheduler:
     # -- admission --------------------------------------------------------------------------------------
     def submit(self, req: Request, now: float) -> None:
         """Queue the request or raise ``Rejected``."""
+        pos = self.check(req, now)
+        self.queue.insert(pos, req)
+
+    def check(self, req: Request, now: float) -> int:
+        """Raise ``Rejected`` if ``submit`` would; else return the queue position it would take.
+
+        Cheap enough to run before decoding an image, so overload is refused before it costs CPU."""
         if not self.allowed_exits(req):
             raise Rejected(INVALID_ARGUMENT, f"no exit between min_exit={req.min_exit} and max_exit={req.max_exit}; "
                                              f"this model has exits {self.exits[0]}..{self.exits[-1]}")
@@ -171,7 +178,7 @@ class Scheduler:
             if hurt:
                 raise Rejected(RESOURCE_EXHAUSTED, f"overloaded: admitting this request would make {hurt} queued "
                                                    "request(s) miss their deadlines")
-        self.queue.insert(pos, req)
+        return pos
 
     # -- dispatch -----------------------------------------------------------------------------------------
     def free_endpoints(self) -> list[str]:

@@ -87,21 +87,35 @@ def test_raw_tensors_and_score_threshold(stub):
     assert all(d.score >= 0.985 for d in some.detections)
 
 
-def test_tight_budgets_choose_shallower_exits_than_loose_ones(stub):
-    info = stub.GetModelInfo(pb.ModelInfoRequest())
-    p95 = {p.exit: p.p95_ms for p in info.endpoints[0].profile}
-    tight = (p95[1] + p95[EXITS]) / 2 + 3.0  # + a few ms for decoding, which the budget also pays
+@pytest.fixture(scope="module")
+def deep_stack(tmp_path_factory):
+    """Twelve exits with a light head: the deepest exit is clearly slower than the first (about 2x)."""
+    out = tmp_path_factory.mktemp("deep") / "repo"
+    model = random_detector(tiny_config(repeats=12, width=48, image_size=256, head_convs=1, score_thresh=0.97),
+                            logit_std=0.05)
+    export_repository(model, {}, out, verify=False, progress=lambda *_: None)
+    with ServingStack(out) as s:
+        yield s
+
+
+def test_tight_budgets_choose_shallower_exits_than_loose_ones(deep_stack):
     data = png(64, 64)
-    tight_exits, loose_exits, errors = [], [], []
-    for _ in range(5):
-        loose_exits.append(stub.Detect(pb.DetectRequest(encoded=data, budget_ms=10_000)).exit)
-        try:
-            tight_exits.append(stub.Detect(pb.DetectRequest(encoded=data, budget_ms=tight)).exit)
-        except grpc.RpcError as e:  # a noisy moment can make even exit 1 infeasible; that is an answer too
-            assert e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
-            errors.append(e.details())
-    assert loose_exits == [EXITS] * 5
-    assert tight_exits and max(tight_exits) < EXITS, (p95, tight_exits, errors)
+    with grpc.insecure_channel(deep_stack.address) as ch:
+        stub = pb_grpc.DetectorStub(ch)
+        loose = [stub.Detect(pb.DetectRequest(encoded=data, budget_ms=10_000)) for _ in range(5)]
+        overhead = float(np.median([r.timing.queue_ms for r in loose]))  # decoding, paid from every budget
+        p95 = {p.exit: p.p95_ms for p in stub.GetModelInfo(pb.ModelInfoRequest()).endpoints[0].profile}
+        assert p95[12] - p95[1] > 2.0, p95  # the test needs exits that differ in cost
+        tight = overhead + p95[1] + 0.5 * (p95[12] - p95[1])
+        tight_exits, errors = [], []
+        for _ in range(5):
+            try:
+                tight_exits.append(stub.Detect(pb.DetectRequest(encoded=data, budget_ms=tight)).exit)
+            except grpc.RpcError as e:  # a noisy moment can make even exit 1 infeasible; that is an answer too
+                assert e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+                errors.append(e.details())
+    assert [r.exit for r in loose] == [12] * 5
+    assert tight_exits and max(tight_exits) < 12, (p95, overhead, tight, tight_exits, errors)
 
 
 def test_grpc_deadline_is_a_budget_too(stub):
@@ -201,17 +215,32 @@ async def _open_loop(address, rate, seconds, budget_ms, seed=0):
         return await asyncio.gather(*(one(d) for d in delays))
 
 
-def test_under_three_times_overload_admitted_requests_meet_their_budgets(stack, stub):
-    info = stub.GetModelInfo(pb.ModelInfoRequest())
-    p50_first = next(p.p50_ms for p in info.endpoints[0].profile if p.exit == 1)
-    rate = 3 * 1000 / p50_first  # three times what one slot can do even at the first exit
-    budget = max(60.0, 6 * p50_first)
-    results = asyncio.run(_open_loop(stack.address, rate, 3.0, budget))
+@pytest.fixture(scope="module")
+def heavy_stack(tmp_path_factory):
+    """A model whose inference dominates the per-request cost, so 3x overload is a rate this machine can send:
+    with the cheap test model, 3x overload means ~300 requests/s and the client and gateway starve the CPU."""
+    out = tmp_path_factory.mktemp("heavy") / "repo"
+    model = random_detector(tiny_config(repeats=3, width=64, image_size=256, head_convs=4, score_thresh=0.8),
+                            logit_std=0.02)
+    # Equivalence with PyTorch is tests/export's job; a random model this size has NMS ties at the IoU threshold.
+    export_repository(model, {}, out, verify=False, progress=lambda *_: None)
+    with ServingStack(out) as s:
+        yield s
+
+
+def test_under_three_times_overload_admitted_requests_meet_their_budgets(heavy_stack):
+    with grpc.insecure_channel(heavy_stack.address) as ch:
+        info = pb_grpc.DetectorStub(ch).GetModelInfo(pb.ModelInfoRequest())
+    p50 = {p.exit: p.p50_ms for p in info.endpoints[0].profile}
+    rate = 3 * 1000 / p50[3]  # three times the capacity at the deepest exit (as in benchmarks/scheduler.py)
+    budget = max(60.0, 6 * p50[1])
+    results = asyncio.run(_open_loop(heavy_stack.address, rate, 3.0, budget))
     ok = [met for status, met in results if status == "OK"]
     shed = sum(status == "RESOURCE_EXHAUSTED" for status, _ in results)
     assert shed > 0 and len(ok) > 10
-    assert sum(ok) / len(ok) >= 0.9, (len(results), len(ok), sum(ok), shed)
-    assert stub.Detect(pb.DetectRequest(encoded=png(32, 32), budget_ms=10_000)).exit == EXITS  # recovers
+    assert sum(ok) / len(ok) >= 0.9, (p50, len(results), len(ok), sum(ok), shed)
+    with grpc.insecure_channel(heavy_stack.address) as ch:  # and it serves normally right after
+        assert pb_grpc.DetectorStub(ch).Detect(pb.DetectRequest(encoded=png(32, 32), budget_ms=10_000)).exit == 3
 
 
 def test_killed_triton_fails_fast_with_unavailable_and_recovers(stack, stub):
