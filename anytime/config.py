@@ -18,6 +18,15 @@ class ConfigError(ValueError):
     """A configuration that cannot describe a model; the message names the field."""
 
 
+def known_fields(cls, d: dict, what: str) -> dict:
+    """``d`` restricted to the dataclass's fields; any other key (but ``_comment``) is a ConfigError."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names - {"_comment"})
+    if unknown:
+        raise ConfigError(f"unknown {what} config field(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    return {k: v for k, v in d.items() if k in names}
+
+
 @dataclass
 class ModelConfig:
     num_classes: int = 10
@@ -106,11 +115,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names - {"_comment"})
-        if unknown:
-            raise ConfigError(f"unknown model config field(s): {', '.join(unknown)}")
-        d = {k: v for k, v in d.items() if k in names}
+        d = known_fields(cls, d, "model")
         if "aspect_ratios" in d:
             d["aspect_ratios"] = tuple(d["aspect_ratios"])
         return cls(**d)

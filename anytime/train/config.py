@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anytime.config import ConfigError, ModelConfig, load_model_config
+from anytime.config import ConfigError, ModelConfig, known_fields, load_model_config
 
 PAPER_LR, PAPER_BATCH = 0.08, 64  # paper §4.1: lr 0.08 at batch 64, scaled linearly with the batch
 SCHEDULES = ("step", "cosine")
@@ -83,11 +83,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names - {"_comment"})
-        if unknown:
-            raise ConfigError(f"unknown train config field(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**known_fields(cls, d, "train"))
 
 
 @dataclass

@@ -87,14 +87,19 @@ def test_raw_tensors_and_score_threshold(stub):
     assert all(d.score >= 0.985 for d in some.detections)
 
 
+def _serve_random_model(tmp_path_factory, name: str, logit_std: float, **config) -> ServingStack:
+    out = tmp_path_factory.mktemp(name) / "repo"
+    model = random_detector(tiny_config(**config), logit_std=logit_std)
+    # Equivalence with PyTorch is tests/export's job; a big random model has NMS ties at the IoU threshold.
+    export_repository(model, {}, out, verify=False, progress=lambda *_: None)
+    return ServingStack(out)
+
+
 @pytest.fixture(scope="module")
 def deep_stack(tmp_path_factory):
     """Twelve exits with a light head: the deepest exit is clearly slower than the first (about 2x)."""
-    out = tmp_path_factory.mktemp("deep") / "repo"
-    model = random_detector(tiny_config(repeats=12, width=48, image_size=256, head_convs=1, score_thresh=0.97),
-                            logit_std=0.05)
-    export_repository(model, {}, out, verify=False, progress=lambda *_: None)
-    with ServingStack(out) as s:
+    with _serve_random_model(tmp_path_factory, "deep", 0.05, repeats=12, width=48, image_size=256, head_convs=1,
+                             score_thresh=0.97) as s:
         yield s
 
 
@@ -219,12 +224,8 @@ async def _open_loop(address, rate, seconds, budget_ms, seed=0):
 def heavy_stack(tmp_path_factory):
     """A model whose inference dominates the per-request cost, so 3x overload is a rate this machine can send:
     with the cheap test model, 3x overload means ~300 requests/s and the client and gateway starve the CPU."""
-    out = tmp_path_factory.mktemp("heavy") / "repo"
-    model = random_detector(tiny_config(repeats=3, width=64, image_size=256, head_convs=4, score_thresh=0.8),
-                            logit_std=0.02)
-    # Equivalence with PyTorch is tests/export's job; a random model this size has NMS ties at the IoU threshold.
-    export_repository(model, {}, out, verify=False, progress=lambda *_: None)
-    with ServingStack(out) as s:
+    with _serve_random_model(tmp_path_factory, "heavy", 0.02, repeats=3, width=64, image_size=256, head_convs=4,
+                             score_thresh=0.8) as s:
         yield s
 
 
