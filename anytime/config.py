@@ -7,9 +7,10 @@ checkpoint and manifest, so anything that rebuilds a model needs only this recor
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from anytime.jsonfile import read_json
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -148,10 +149,7 @@ def load_model_config(name_or_path: str | Path | None = None) -> ModelConfig:
     if not path.exists():
         known = sorted(list(PRESETS) + [p.stem for p in CONFIG_DIR.glob("*.json")])
         raise ConfigError(f"unknown configuration {str(name_or_path)!r}: not a preset ({', '.join(known)}) and no such file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, ConfigError)
     model = dict(data.get("model", data))
     # A training config may leave the dataset-given fields null (training fills them in from the data).
     for key in ("num_classes", "class_names"):

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anytime.jsonfile import read_json
+
 INPUT_NAME = "images"
 # (name, Triton data type, dims without the batch axis as a function of max_detections)
 OUTPUTS = (
@@ -272,10 +274,7 @@ def read_manifest(repo: str | Path) -> dict[str, Any]:
     path = Path(repo) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST_NAME} in {repo} (run `anytime export` first)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    manifest = read_json(path)
     missing = [k for k in MANIFEST_REQUIRED if k not in manifest]
     if missing:
         raise ValueError(f"{path} lacks {missing}")

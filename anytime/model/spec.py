@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from anytime.jsonfile import read_json
+
 BINARY_OPS = ("sum", "global_pool")
 ARCH_DIR = Path(__file__).parent / "archs"
 
@@ -109,11 +111,7 @@ class PyramidSpec:
                 f"unknown architecture {str(name_or_path)!r}: not a built-in ({', '.join(builtin_architectures())}) "
                 "and no such file"
             )
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ArchitectureError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, ArchitectureError))
 
 
 def _cell_from_dict(d: dict) -> CellSpec:

@@ -7,11 +7,11 @@ and are then taken from the training set, so one config file fits any dataset.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from anytime.config import ConfigError, ModelConfig, known_fields, load_model_config
+from anytime.jsonfile import read_json
 
 PAPER_LR, PAPER_BATCH = 0.08, 64  # paper §4.1: lr 0.08 at batch 64, scaled linearly with the batch
 SCHEDULES = ("step", "cosine")
@@ -137,10 +137,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"training config {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, ConfigError)
     try:
         return RunConfig.from_dict(data, name=path.stem)
     except TypeError as e:  # e.g. a field of the wrong shape
