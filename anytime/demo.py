@@ -30,26 +30,11 @@ def _step(message: str) -> float:
     return time.perf_counter()
 
 
-def ensure_exported(repository: Path, checkpoint: Path) -> None:
-    """Export the checkpoint unless the repository already holds exactly its exits."""
-    import hashlib
-
-    from anytime.export.exporter import export_repository
-    from anytime.export.repository import read_manifest
-    from anytime.train.checkpoint import load_model
-
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    if (repository / "manifest.json").exists() and read_manifest(repository).get("checkpoint_sha256") == digest:
-        print(f"{repository} already holds the exported default model")
-        return
-    model, meta = load_model(checkpoint)
-    export_repository(model, meta, repository)
-
-
 def run(args) -> int:
     from anytime.config import DEFAULT_CHECKPOINT, DEFAULT_REPOSITORY
     from anytime.data import DEFAULT_DATA_DIR
     from anytime.data.synth import ensure_default
+    from anytime.export.exporter import ensure_exported
     from clients.loadgen import loadgen
     from clients.report import format_table
     from server import anytime_pb2 as pb
@@ -63,7 +48,7 @@ def run(args) -> int:
     if args.data is None:
         ensure_default(data)
     _step(f"model: {DEFAULT_CHECKPOINT.name} -> {repository}/")
-    ensure_exported(repository, DEFAULT_CHECKPOINT)
+    ensure_exported(repository, DEFAULT_CHECKPOINT, replace_stale=True)
     _step("starting Triton and the anytime gateway on loopback")
     import grpc
 

@@ -25,12 +25,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = ap.parse_args()
 
+    from anytime.config import DEFAULT_CHECKPOINT
+    from anytime.export.exporter import ensure_exported
     from anytime.export.profile import ProfileSettings, format_table, plot, run_profile
     from anytime.export.repository import read_manifest
     from anytime.train.checkpoint import load_model
-    from server.serve import ensure_repository
 
-    ensure_repository(args.repository)
+    ensure_exported(args.repository, DEFAULT_CHECKPOINT)
     manifest = read_manifest(args.repository)
     model, _ = load_model(manifest["checkpoint"])
     settings = ProfileSettings(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), runs=args.runs)

@@ -31,20 +31,6 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=run)
 
 
-def ensure_repository(repository: Path) -> Path:
-    """The repository to serve; the embedded default model is exported into it when it has no manifest."""
-    if (repository / "manifest.json").exists():
-        return repository
-    from anytime.config import DEFAULT_CHECKPOINT
-    from anytime.export.exporter import export_repository
-    from anytime.train.checkpoint import load_model
-
-    print(f"{repository} has no exported model: exporting the embedded default model into it", flush=True)
-    model, meta = load_model(DEFAULT_CHECKPOINT)
-    export_repository(model, meta, repository)
-    return repository
-
-
 def run(args) -> int:
     from anytime.cli import UserError
     from anytime.config import DEFAULT_REPOSITORY
@@ -64,7 +50,10 @@ def run(args) -> int:
         else:
             from server.triton import TritonServer, free_ports
 
-            ensure_repository(repository)
+            from anytime.config import DEFAULT_CHECKPOINT
+            from anytime.export.exporter import ensure_exported
+
+            ensure_exported(repository, DEFAULT_CHECKPOINT)  # an empty repository gets the embedded default model
             http, grpc_port, metrics = free_ports(3)
             triton = stack.enter_context(TritonServer(repository, http_port=http, grpc_port=grpc_port,
                                                       metrics_port=metrics, restart=True))

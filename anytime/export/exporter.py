@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from anytime.export.onnx import INPUT_NAME, OUTPUT_NAMES, export_exit
-from anytime.export.repository import model_name, read_manifest, write_manifest, write_model_dir
+from anytime.export.repository import model_name, read_manifest, sha256_file, write_manifest, write_model_dir
 
 MODEL_PREFIX = model_name(0)[:-1]  # "anytime_exit"
 MANIFEST_FORMAT = 1
@@ -86,7 +86,7 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
         "max_batch_size": max_batch_size,
         "model_config": cfg.to_dict(),
         "checkpoint": meta.get("path"),
-        "checkpoint_sha256": _file_sha256(meta.get("path")),
+        "checkpoint_sha256": sha256_file(meta["path"]) if meta.get("path") and Path(meta["path"]).is_file() else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # A profile measured for other weights would mislead the scheduler; keep it only for identical models.
         "latency_profile": (old or {}).get("latency_profile") if _same_models(old, exits) else None,
@@ -95,9 +95,25 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
     return manifest
 
 
-def _file_sha256(path) -> str | None:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else None
-
-
 def _same_models(old: dict | None, exits: list[dict]) -> bool:
     return bool(old) and [e.get("sha256") for e in old.get("exits", [])] == [e["sha256"] for e in exits]
+
+
+def ensure_exported(repository: str | Path, checkpoint: str | Path, replace_stale: bool = False,
+                    progress=print) -> Path:
+    """Export ``checkpoint`` into ``repository`` unless it already holds an export.
+
+    With ``replace_stale``, an export of any other checkpoint (by file hash) is replaced too; without it, an
+    existing export is served as it is, whatever model it holds.
+    """
+    from anytime.train.checkpoint import load_model
+
+    repository = Path(repository)
+    if (repository / "manifest.json").exists():
+        held = read_manifest(repository).get("checkpoint_sha256")
+        if not replace_stale or held == sha256_file(checkpoint):
+            return repository
+    progress(f"exporting {checkpoint} into {repository}/")
+    model, meta = load_model(checkpoint)
+    export_repository(model, meta, repository, progress=progress)
+    return repository
