@@ -253,10 +253,10 @@ class Gateway(pb_grpc.DetectorServicer):
                 raise _Failure(grpc.StatusCode.INVALID_ARGUMENT,
                                f"score_threshold must be within [0, 1], got {request.score_threshold}")
             # Admission before decoding: under overload a refused request must cost (almost) nothing.
-            probe = Request(deadline=arrival + budget, arrival=arrival, min_exit=request.min_exit or 1,
-                            max_exit=request.max_exit or None)
+            req = Request(deadline=arrival + budget, arrival=arrival, min_exit=request.min_exit or 1,
+                          max_exit=request.max_exit or None)
             try:
-                self.scheduler.check(probe, time.monotonic())
+                self.scheduler.check(req, time.monotonic())
             except Rejected as r:
                 raise self._refused(r) from None
             try:
@@ -268,9 +268,7 @@ class Gateway(pb_grpc.DetectorServicer):
                 raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"decoding and resizing the image took "
                                                                   f"{used * 1e3:.1f} ms of the {budget * 1e3:.1f} ms budget")
             future = asyncio.get_running_loop().create_future()
-            pending = _Pending(pixels, future, arrival)
-            req = Request(deadline=arrival + budget, arrival=arrival, min_exit=request.min_exit or 1,
-                          max_exit=request.max_exit or None, payload=pending)
+            pending = req.payload = _Pending(pixels, future, arrival)
             try:
                 self.scheduler.submit(req, time.monotonic())
             except Rejected as r:
