@@ -134,10 +134,6 @@ class Scheduler:
             acc += self.fastest(r, expected=True)
         return out
 
-    def estimated_wait(self, now: float) -> float:
-        """Seconds a request arriving now with a late deadline would wait for a slot."""
-        return (self._in_flight_work(now) + sum(self.fastest(r, expected=True) for r in self.queue)) / self.total_slots
-
     # -- admission --------------------------------------------------------------------------------------
     def submit(self, req: Request, now: float) -> None:
         """Queue the request or raise ``Rejected``."""
