@@ -108,10 +108,12 @@ def test_tight_budgets_choose_shallower_exits_than_loose_ones(deep_stack):
     with grpc.insecure_channel(deep_stack.address) as ch:
         stub = pb_grpc.DetectorStub(ch)
         loose = [stub.Detect(pb.DetectRequest(encoded=data, budget_ms=10_000)) for _ in range(5)]
-        overhead = float(np.median([r.timing.queue_ms for r in loose]))  # decoding, paid from every budget
         p95 = {p.exit: p.p95_ms for p in stub.GetModelInfo(pb.ModelInfoRequest()).endpoints[0].profile}
         assert p95[12] - p95[1] > 2.0, p95  # the test needs exits that differ in cost
-        tight = overhead + p95[1] + 0.5 * (p95[12] - p95[1])
+        # The deepest exit cannot fit by construction (it needs its p95, the scheduler's margin and the decoding
+        # time); exit 1 fits as long as decoding takes less than the difference.
+        tight = p95[12]
+        overhead = float(np.median([r.timing.queue_ms for r in loose]))  # for the failure message
         tight_exits, errors = [], []
         for _ in range(5):
             try:
