@@ -46,6 +46,9 @@ class ModelConfig:
     separable: bool = False  # depthwise-separable convs (NAS-FPN-Lite)
     dropblock_prob: float = 0.0  # DropBlock after the pyramid BN layers (paper §4.4); 0 disables
     dropblock_size: int = 3
+    # Not in the paper: each pyramid network adds its input to its output, level by level, so exit k starts as
+    # exit k-1 plus a refinement. Off for the paper's presets; the small CPU default turns it on (README).
+    residual_pyramids: bool = False
 
     # heads
     head_convs: int = 4
@@ -96,6 +99,8 @@ class ModelConfig:
             raise ConfigError(f"repeats must be at least 1, got {self.repeats}")
         if self.width < 8:
             raise ConfigError(f"width must be at least 8, got {self.width}")
+        if self.residual_pyramids and self.pyramid == "fpn":
+            raise ConfigError("residual_pyramids needs a stacked NAS-FPN; the FPN baseline has a single pyramid")
         levels = self.levels  # also validates the architecture
         stride = 2 ** max(levels)
         if self.image_size <= 0 or self.image_size % stride:

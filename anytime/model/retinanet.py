@@ -80,7 +80,8 @@ class AnytimeRetinaNet(nn.Module):
         feats = self.input_proj(self.backbone((images.float() - self.pixel_mean) / self.pixel_std))
         out = {}
         for k in range(1, max(exits) + 1):
-            feats = self.pyramids[k - 1](feats)
+            new = self.pyramids[k - 1](feats)
+            feats = [a + b for a, b in zip(feats, new)] if self.cfg.residual_pyramids else new
             if k in exits:
                 head, slot = self._head(k)
                 out[k] = head(feats, slot)

@@ -38,6 +38,28 @@ def test_exit_parameters_grow_with_depth_and_shared_head_does_not_grow_with_exit
     assert separate > 2.5 * shared  # three full heads vs one set of shared conv weights
 
 
+def test_residual_pyramids_add_each_pyramids_input_to_its_output():
+    model = AnytimeRetinaNet(tiny_config(repeats=2, residual_pyramids=True)).eval()
+    seen = []
+    for p in model.pyramids:
+        p.register_forward_hook(lambda m, a, o: seen.append(([x.clone() for x in a[0]], [y.clone() for y in o])))
+    heads_saw = []
+    model.heads[0].register_forward_hook(lambda m, a, o: heads_saw.append(a[0]))
+    with torch.no_grad():
+        model.exit_outputs(_batch(1)[0], [1, 2])
+    (in1, out1), (in2, out2) = seen
+    for level in range(len(in1)):
+        assert torch.allclose(in2[level], in1[level] + out1[level])  # pyramid 2 sees exit 1's features
+        assert torch.allclose(heads_saw[1][level], in2[level] + out2[level])
+
+
+def test_residual_pyramids_need_a_stacked_nasfpn():
+    from anytime.config import ConfigError
+
+    with pytest.raises(ConfigError, match="residual_pyramids needs a stacked NAS-FPN"):
+        tiny_config(pyramid="fpn", repeats=1, residual_pyramids=True).validate()
+
+
 def test_stacked_pyramids_do_not_share_weights():
     model = AnytimeRetinaNet(tiny_config(repeats=2))
     a, b = (list(p.parameters()) for p in model.pyramids)
