@@ -36,9 +36,17 @@ POLICIES = ("exit 1", "deepest", "anytime", "oracle")
 
 
 def per_exit_detections(checkpoint, data_dir, cache: Path):
-    """COCO results per image per exit of the model on the val split (computed once, cached)."""
+    """COCO results per image per exit of the model on the val split (computed once per checkpoint, cached).
+
+    The cache records the checkpoint's sha256, so a retrained model never reuses another model's detections.
+    """
+    from anytime.export.repository import sha256_file
+
+    digest = sha256_file(checkpoint)
     if cache.exists():
-        return json.loads(cache.read_text())
+        cached = json.loads(cache.read_text())
+        if cached.get("checkpoint_sha256") == digest:
+            return cached["detections"]
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -56,7 +64,7 @@ def per_exit_detections(checkpoint, data_dir, cache: Path):
                 for det, t in zip(per_image, targets):
                     out.setdefault(str(t["image_id"]), {})[str(k)] = to_coco_results(det, t, ds.cat_ids)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(out))
+    cache.write_text(json.dumps({"checkpoint_sha256": digest, "detections": out}))
     return out
 
 
