@@ -41,6 +41,18 @@ def assert_same_detections(a: dict, b: dict, tol: float = 1e-3) -> None:
             free[np.argmax(ok)] = False
 
 
+def assert_valid_detections(model, images, exit: int, detections: dict, tol=None) -> None:
+    """``detections`` (from any runtime, e.g. ONNX Runtime or Triton) are a valid NMS of what the PyTorch
+    ``model`` scores at this exit on ``images``: the CPU-independent comparison of ``anytime.export.verify``."""
+    import torch
+
+    from anytime.export.verify import NmsSettings, Tolerance, check_nms
+
+    with torch.no_grad():
+        out = model(torch.as_tensor(images), exit=exit, with_candidates=True)
+    check_nms(detections, out[4].numpy(), out[5].numpy(), NmsSettings.of(model.cfg), tol or Tolerance())
+
+
 def random_detector(cfg: ModelConfig, seed: int = 0, logit_std: float = 1.0):
     """An untrained model whose every exit gives varied, confident-enough scores (for export/serving tests).
 

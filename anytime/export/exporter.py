@@ -13,28 +13,12 @@ from pathlib import Path
 
 import torch
 
-from anytime.export.onnx import INPUT_NAME, OUTPUT_NAMES, export_exit
+from anytime.export.onnx import INPUT_NAME, OUTPUT_NAMES, export_exit, served_graph
+from anytime.export.verify import Mismatch, verify_graph
 from anytime.export.repository import model_name, read_manifest, sha256_file, write_manifest, write_model_dir
 
 MODEL_PREFIX = model_name(0)[:-1]  # "anytime_exit"
 MANIFEST_FORMAT = 1
-
-
-def verify_exit(model, exit: int, onnx_bytes: bytes, images: torch.Tensor, tol: float = 1e-3) -> None:
-    """ONNX Runtime must give PyTorch's detections for this exit (boxes and scores within ``tol``)."""
-    import onnxruntime as ort
-
-    from anytime.testing import assert_same_detections
-
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    got = session.run(None, {INPUT_NAME: images.numpy()})
-    with torch.no_grad():
-        ref = [t.numpy() for t in model(images, exit=exit)]
-    keys = ("boxes", "scores", "labels", "count")
-    try:
-        assert_same_detections(dict(zip(keys, got)), dict(zip(keys, ref)), tol)
-    except AssertionError as e:
-        raise RuntimeError(f"exit {exit}: the ONNX model does not reproduce PyTorch: {e}") from None
 
 
 def export_repository(model, meta: dict, out: str | Path, *, backend: str = "python", max_batch_size: int = 8,
@@ -51,10 +35,13 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
     exported = {}
     for k in range(1, model.num_exits + 1):
         t0 = time.perf_counter()
-        data = export_exit(model, k)
+        data = export_exit(model, k, with_candidates=verify)
         if verify:
-            verify_exit(model, k, data, probe)
-        exported[k] = data
+            try:
+                verify_graph(model, k, data, probe)
+            except Mismatch as e:
+                raise RuntimeError(f"exit {k}: the ONNX model does not reproduce PyTorch: {e}") from None
+        exported[k] = data = served_graph(data)
         progress(f"exit {k}: exported {len(data) / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s"
                  + (" (matches PyTorch)" if verify else ""))
 

@@ -16,28 +16,46 @@ from anytime.model.retinanet import AnytimeRetinaNet, ExitModel
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
+CANDIDATE_NAMES = ("candidate_scores", "candidate_boxes")  # verification only: every anchor, before NMS
 OPSET = 17
 
 
-def export_exit(model: AnytimeRetinaNet, exit: int, path: str | Path | None = None) -> bytes:
+def export_exit(model: AnytimeRetinaNet, exit: int, path: str | Path | None = None,
+                with_candidates: bool = False) -> bytes:
     """Export exit ``exit`` (backbone + pyramids 1..exit + head exit) and return the ONNX bytes.
 
     Uses the TorchScript-based exporter: our post-processing is written with batch-level tensor ops, so
     tracing captures it exactly and exports in about a second (the dynamo exporter takes far longer here).
+    ``with_candidates`` adds the pre-NMS outputs ``CANDIDATE_NAMES``; ``served_graph`` strips them again.
     """
     size = model.cfg.image_size
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
+    names = OUTPUT_NAMES + (CANDIDATE_NAMES if with_candidates else ())
     buf = io.BytesIO()
     was_training = model.training  # the exporter restores the wrapper's mode recursively; keep the caller's
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            ExitModel(model, exit).eval(), (example,), buf, dynamo=False, opset_version=OPSET,
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+            ExitModel(model, exit, with_candidates).eval(), (example,), buf, dynamo=False, opset_version=OPSET,
+            input_names=[INPUT_NAME], output_names=list(names),
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}},
         )
     model.train(was_training)
     data = buf.getvalue()
     if path is not None:
         Path(path).write_bytes(data)
     return data
+
+
+def served_graph(onnx_bytes: bytes) -> bytes:
+    """The graph with only the served outputs: the verified graph minus the nodes that only feed the candidates.
+
+    Every node that remains is a node that was verified, so the served file computes exactly what was checked.
+    """
+    import onnx
+    from onnx.utils import Extractor
+
+    model = onnx.load_from_string(onnx_bytes)
+    if [o.name for o in model.graph.output] == list(OUTPUT_NAMES):
+        return onnx_bytes
+    return Extractor(model).extract_model([INPUT_NAME], list(OUTPUT_NAMES)).SerializeToString()

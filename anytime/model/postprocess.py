@@ -12,6 +12,18 @@ from torchvision.ops import nms
 from anytime.model.anchors import BOX_CODER
 
 
+def candidates(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor, image_size: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every anchor's class scores [B, N, K] (sigmoid) and decoded box [B, N, 4] (clamped to the input).
+
+    These are what NMS chooses from, before any discrete decision: export verification compares them between
+    runtimes with a tolerance, because they change smoothly with the arithmetic while NMS output does not.
+    """
+    b, n, _ = cls_logits.shape
+    boxes = BOX_CODER.decode_single(box_deltas.reshape(-1, 4), anchors.repeat(b, 1)).clamp(min=0, max=float(image_size))
+    return torch.sigmoid(cls_logits), boxes.reshape(b, n, 4)
+
+
 def postprocess(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor, image_size: int,
                 score_thresh: float, nms_thresh: float, topk: int, max_detections: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

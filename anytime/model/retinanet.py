@@ -10,7 +10,7 @@ from anytime.model.anchors import make_anchors
 from anytime.model.backbone import build_backbone
 from anytime.model.head import RetinaHead
 from anytime.model.loss import assign, exit_loss
-from anytime.model.postprocess import postprocess
+from anytime.model.postprocess import candidates, postprocess
 from anytime.model.pyramid import FPNBaseline, InputProjection, PyramidNetwork
 from anytime.model.spec import PyramidSpec
 
@@ -105,10 +105,18 @@ class AnytimeRetinaNet(nn.Module):
         return postprocess(logits, deltas, self.anchors, c.image_size, c.score_thresh, c.nms_thresh,
                            c.topk_candidates, c.detections_per_img)
 
-    def forward(self, images: torch.Tensor, exit: int | None = None):
-        """Padded detections of one exit (deepest by default): boxes, scores, labels, count. Export uses this."""
+    def forward(self, images: torch.Tensor, exit: int | None = None, with_candidates: bool = False):
+        """Padded detections of one exit (deepest by default): boxes, scores, labels, count. Export uses this.
+
+        ``with_candidates`` appends every anchor's scores [B, N, K] and decoded boxes [B, N, 4]: what NMS chose
+        from, for checking an exported graph against this one.
+        """
         exit = exit or self.num_exits
-        return self._post(*self.exit_outputs(images, [exit])[exit])
+        logits, deltas = self.exit_outputs(images, [exit])[exit]
+        detections = self._post(logits, deltas)
+        if with_candidates:
+            return (*detections, *candidates(logits, deltas, self.anchors, self.cfg.image_size))
+        return detections
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, exits: list[int] | None = None) -> dict[int, list[dict]]:
@@ -125,10 +133,10 @@ class AnytimeRetinaNet(nn.Module):
 class ExitModel(nn.Module):
     """One exit as a standalone module (what export and profiling run)."""
 
-    def __init__(self, model: AnytimeRetinaNet, exit: int):
+    def __init__(self, model: AnytimeRetinaNet, exit: int, with_candidates: bool = False):
         super().__init__()
         model._check_exit(exit)
-        self.model, self.exit = model, exit
+        self.model, self.exit, self.with_candidates = model, exit, with_candidates
 
     def forward(self, images: torch.Tensor):
-        return self.model(images, self.exit)
+        return self.model(images, self.exit, self.with_candidates)

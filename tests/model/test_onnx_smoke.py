@@ -1,4 +1,4 @@
-"""Every exit exports to ONNX and gives PyTorch's detections (a smoke test; full export lives in tests/export)."""
+"""Every exit exports to ONNX and gives PyTorch's detections (up to near-ties) (a smoke test; full export lives in tests/export)."""
 
 import onnxruntime as ort
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from anytime.export.onnx import export_exit
 from anytime.model import AnytimeRetinaNet
-from anytime.testing import assert_same_detections, tiny_config
+from anytime.testing import assert_valid_detections, tiny_config
 
 
 @pytest.mark.parametrize("residual", [False, True])
@@ -20,9 +20,6 @@ def test_every_exit_exports_and_matches_pytorch(residual):
         session = ort.InferenceSession(export_exit(model, k), providers=["CPUExecutionProvider"])
         for batch in (images, images[:1]):  # the batch axis is dynamic
             boxes, scores, labels, count = session.run(None, {"images": batch.numpy()})
-            with torch.no_grad():
-                ref = [t.numpy() for t in model(batch, exit=k)]
             assert count.min() > 0
-            assert_same_detections(dict(boxes=boxes, scores=scores, labels=labels, count=count),
-                                   dict(boxes=ref[0], scores=ref[1], labels=ref[2], count=ref[3]))
+            assert_valid_detections(model, batch, k, dict(boxes=boxes, scores=scores, labels=labels, count=count))
     assert not model.training
