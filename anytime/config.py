@@ -102,6 +102,9 @@ class ModelConfig:
         if self.residual_pyramids and self.pyramid == "fpn":
             raise ConfigError("residual_pyramids needs a stacked NAS-FPN; the FPN baseline has a single pyramid")
         levels = self.levels  # also validates the architecture
+        if min(levels) < 3:
+            raise ConfigError(f"the pyramid's levels {list(levels)} start below P3: backbones give C3 (stride 8) "
+                              "as their finest feature")
         stride = 2 ** max(levels)
         if self.image_size <= 0 or self.image_size % stride:
             raise ConfigError(

@@ -67,24 +67,36 @@ class InputProjection(nn.Module):
     """Backbone C3-C5 to the pyramid width (1x1 conv + BN where channels differ); C6, C7 by max pooling.
 
     The paper makes C6 and C7 by stride-2 and stride-4 max pooling of C5; we pool the projected C5 so the
-    extra levels cost no parameters.
+    extra levels cost no parameters. A pyramid may use any ascending levels from P3 up (P4-P7, say): only the
+    backbone features it needs are projected, and C5 also when a coarser level is pooled from it.
     """
+
+    BACKBONE_LEVELS = (3, 4, 5)  # strides 8, 16, 32: what the backbones return
 
     def __init__(self, in_channels: list[int], channels: int, levels: tuple[int, ...]):
         super().__init__()
-        self.levels = levels
+        self.levels = tuple(levels)
+        if min(self.levels) < self.BACKBONE_LEVELS[0]:
+            raise ValueError(f"pyramid levels {list(self.levels)} start below P3: the backbone's finest feature is "
+                             "C3 (stride 8)")
+        needed = {lv for lv in self.levels if lv <= 5} | ({5} if max(self.levels) > 5 else set())
+        self.taken = [i for i, lv in enumerate(self.BACKBONE_LEVELS) if lv in needed]  # backbone outputs used
         self.proj = nn.ModuleList(
-            nn.Identity() if c == channels else nn.Sequential(nn.Conv2d(c, channels, 1, bias=False), nn.BatchNorm2d(channels))
-            for c in in_channels
+            nn.Identity() if in_channels[i] == channels
+            else nn.Sequential(nn.Conv2d(in_channels[i], channels, 1, bias=False), nn.BatchNorm2d(channels))
+            for i in self.taken
         )
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        out = [p(f) for p, f in zip(self.proj, feats)]  # C3, C4, C5
-        c5 = out[-1]
-        for level in self.levels[3:]:
-            k = 2 ** (level - 5)
-            out.append(nn.functional.max_pool2d(c5, kernel_size=k, stride=k, ceil_mode=True))
-        return out[: len(self.levels)]
+        projected = {self.BACKBONE_LEVELS[i]: p(feats[i]) for p, i in zip(self.proj, self.taken)}
+        out = []
+        for level in self.levels:
+            if level in projected:
+                out.append(projected[level])
+            else:
+                k = 2 ** (level - 5)
+                out.append(nn.functional.max_pool2d(projected[5], kernel_size=k, stride=k, ceil_mode=True))
+        return out
 
 
 class FPNBaseline(nn.Module):

@@ -116,3 +116,34 @@ def test_crowd_regions_are_ignored_not_negatives():
     inside = (model.anchors[:, :2] >= 0).all(1) & (model.anchors[:, 2:] <= 64).all(1)
     assert inside.sum() > 10
     assert (with_crowd.labels[0, inside] == -2).all()
+
+
+@pytest.mark.parametrize("levels", [(4, 5, 6, 7), (3, 4, 5, 6), (3, 5, 7), (5, 6, 7)])
+def test_architectures_on_any_levels_from_p3_up_run_train_and_detect(levels, tmp_path):
+    """A valid spec on levels other than P3-P7 builds, and its pyramid sees features of the right strides."""
+    from anytime.model.spec import CellSpec, PyramidSpec
+
+    n = len(levels)
+    cells = [CellSpec(level=levels[-1], op="sum", inputs=(0, n - 1))]  # node n
+    cells += [CellSpec(level=lv, op="global_pool" if i % 2 else "sum", inputs=(n + i, i), output=True)
+              for i, lv in enumerate(levels)]
+    path = tmp_path / "arch.json"
+    PyramidSpec("custom", levels, tuple(cells)).to_json(path)
+    model = AnytimeRetinaNet(tiny_config(pyramid=str(path), repeats=2))
+    images, targets = _batch()
+    seen = []
+    model.pyramids[0].register_forward_pre_hook(lambda m, args: seen.append([f.shape[-1] for f in args[0]]))
+    assert torch.isfinite(model.losses(images, targets)["loss"])
+    assert seen[0] == [128 // 2 ** lv for lv in levels]
+    model.eval()
+    assert len(model.detect(images)[2]) == 2
+
+
+def test_levels_below_p3_are_a_clear_config_error(tmp_path):
+    from anytime.config import ConfigError
+    from anytime.model.spec import CellSpec, PyramidSpec
+
+    path = tmp_path / "p2.json"
+    PyramidSpec("p2", (2, 3), (CellSpec(2, "sum", (0, 1), True), CellSpec(3, "sum", (1, 2), True))).to_json(path)
+    with pytest.raises(ConfigError, match="start below P3"):
+        tiny_config(pyramid=str(path)).validate()
