@@ -96,7 +96,7 @@ def draw_detections(image_path: str | Path, response: pb.DetectResponse, out: st
     """The image with each detection's box and ``name score`` label, written to ``out`` (format from its suffix)."""
     from PIL import Image, ImageDraw
 
-    from anytime.data.coco import to_rgb
+    from anytime.imaging import to_rgb
 
     with Image.open(image_path) as im:
         image = to_rgb(im).copy()

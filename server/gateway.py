@@ -9,6 +9,7 @@ this module does the I/O: decoding, Triton calls, health, metrics, auth and shut
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.utils import InferenceServerException
 
-from anytime.data.transforms import boxes_to_original
+from anytime.imaging import boxes_to_original
 from anytime.export.repository import read_manifest
 from anytime.serve.profile import LatencyProfile
 from anytime.serve.scheduler import Rejected, Request, Scheduler, SchedulerConfig
@@ -438,6 +439,8 @@ class _TokenAuth(grpc.aio.ServerInterceptor):
         if not details.method.startswith(f"/{SERVICE_NAME}/"):
             return await continuation(details)
         metadata = dict(details.invocation_metadata or ())
-        if metadata.get("authorization") == self._expected:
+        given = metadata.get("authorization", "")
+        # constant-time: a byte-by-byte compare would tell an attacker how much of a guess was right
+        if isinstance(given, str) and hmac.compare_digest(given.encode(), self._expected.encode()):
             return await continuation(details)
         return self._deny_stream if details.method.endswith("Stream") else self._deny

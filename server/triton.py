@@ -62,22 +62,15 @@ class TritonInstall:
 
 
 def ensure_installed() -> Path:
-    """Return pytriton's package directory, pip-installing nvidia-pytriton into this interpreter if absent."""
+    """Return pytriton's package directory, or a clear error naming the package to install.
+
+    Nothing is installed at run time: a server must not change its own environment (and may have no network).
+    """
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.origin:
-        print(
-            f"anytime: tritonserver comes from the {PYTRITON_REQUIREMENT} wheel, which is not installed in "
-            f"{sys.executable}; installing it now (pip install {PYTRITON_REQUIREMENT}).",
-            file=sys.stderr,
-        )
-        try:
-            subprocess.check_call([sys.executable, "-m", "pip", "install", PYTRITON_REQUIREMENT])
-        except (OSError, subprocess.CalledProcessError) as e:
-            raise TritonServerError(f"could not install {PYTRITON_REQUIREMENT}: {e}") from None
-        importlib.invalidate_caches()
-        spec = importlib.util.find_spec("pytriton")
-        if spec is None or not spec.origin:
-            raise TritonServerError(f"{PYTRITON_REQUIREMENT} installed but pytriton is still not importable")
+        raise TritonServerError(
+            f"tritonserver comes from the {PYTRITON_REQUIREMENT} wheel, which is not installed in {sys.executable}: "
+            f"run scripts/bootstrap, or `{sys.executable} -m pip install {PYTRITON_REQUIREMENT}`")
     return Path(spec.origin).parent
 
 

@@ -24,6 +24,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from anytime.imaging import to_rgb  # noqa: F401  (re-exported: loaders and tools convert with it)
+
 BOX_TOLERANCE = 1.0  # px a box may stick out of its image before it counts as an error (then it is clipped)
 MIN_BOX_SIDE = 1.0  # boxes with w or h <= this are dropped silently
 _MAX_LISTED = 10  # problems spelled out in one error or warning
@@ -46,20 +48,6 @@ def find_split(data_dir, split: str) -> tuple[Path, Path]:
             return image_dir, ann_file
     tried = " or ".join(f"{a} with {i}/" for i, a in layouts)
     raise FileNotFoundError(f"no '{split}' split under {d}: expected {tried}")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode as 8-bit RGB (greyscale, 16-bit, palette, RGBA and CMYK included; alpha is dropped)."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        a = np.asarray(image, dtype=np.float32)
-        if a.size and a.max() > 255:  # 16-bit data
-            a = a / 257.0
-        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if image.mode in ("P", "PA") and "transparency" in image.info:
-        image = image.convert("RGBA")  # avoids Pillow's palette-transparency warning
-    return image.convert("RGB")
 
 
 class CocoDetection(torch.utils.data.Dataset):

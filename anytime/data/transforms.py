@@ -3,7 +3,8 @@
 Training follows the paper (§4.1): scale jitter of the longer side in [0.8, 1.2] x S, a random S x S crop (or
 zero padding at the right/bottom when the image is smaller), a horizontal flip with p = 0.5, then boxes that
 became too small are dropped. Evaluation resizes the longer side to S and pads right/bottom, so the only change
-to coordinates is ``scale`` and the evaluator maps boxes back with ``box / scale``.
+to coordinates is ``scale`` and the evaluator maps boxes back with ``box / scale``. Its image part is
+``anytime.imaging.letterbox``, the very function the gateway runs, so served inputs equal evaluated ones.
 
 All randomness comes from torch's RNG, so a resumed run that restores the RNG state sees the same crops.
 """
@@ -17,6 +18,8 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
+
+from anytime.imaging import letterbox, to_rgb
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class DetectionTransform:
     min_box_size: float = 2.0  # px; boxes narrower or shorter than this after the transform are dropped
 
     def __call__(self, image, target: dict) -> tuple[torch.Tensor, dict]:
+        if not self.train:
+            return self._letterbox(image, target)
         img = _to_tensor(image)
         h, w = img.shape[-2:]
         s = float(torch.empty(()).uniform_(*self.scale_range)) if self.train else 1.0
@@ -61,6 +66,22 @@ class DetectionTransform:
         return img.as_subclass(torch.Tensor).contiguous(), out
 
 
+    def _letterbox(self, image, target: dict) -> tuple[torch.Tensor, dict]:
+        """The evaluation transform: ``letterbox`` for the pixels, boxes scaled by the same factor."""
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(_to_tensor(image).permute(1, 2, 0).numpy())
+        pixels, factor = letterbox(pil, self.size)
+        out = dict(target)
+        for key in ("boxes", "crowd_boxes"):
+            boxes = torch.as_tensor(target.get(key, torch.zeros(0, 4)), dtype=torch.float32).reshape(-1, 4) * factor
+            boxes = boxes.clamp(0, self.size)
+            keep = _big_enough(boxes, self.min_box_size)
+            out[key] = boxes[keep]
+            if key == "boxes":
+                out["labels"] = target["labels"][keep]
+        out["scale"] = float(target.get("scale", 1.0)) * factor
+        return torch.from_numpy(pixels), out
+
+
 def train_transform(size: int) -> DetectionTransform:
     """Scale jitter 0.8-1.2, random crop/pad to size x size, horizontal flip; uses torch's RNG."""
     return DetectionTransform(size, train=True)
@@ -73,10 +94,7 @@ def eval_transform(size: int) -> DetectionTransform:
 
 def _to_tensor(image) -> tv_tensors.Image:
     if isinstance(image, Image.Image):
-        if image.mode != "RGB":
-            from anytime.data.coco import to_rgb
-
-            image = to_rgb(image)
+        image = to_rgb(image)
         return tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))
     if isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3:
         return tv_tensors.Image(image)
@@ -91,16 +109,3 @@ def _boxes(boxes, hw) -> tv_tensors.BoundingBoxes:
 def _big_enough(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     wh = boxes[:, 2:] - boxes[:, :2]
     return (wh >= min_size).all(dim=1).as_subclass(torch.Tensor)
-
-
-def boxes_to_original(boxes, scale: float, height: int, width: int):
-    """Undo the eval transform for xyxy boxes (numpy or torch): divide by ``scale``, clip to the original image.
-
-    The padding at the right/bottom is not part of the image, so a box reaching into it is cut at the border.
-    Returns (boxes, keep) where ``keep`` marks boxes that still have an area.
-    """
-    boxes = boxes / scale
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return boxes, keep

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from anytime.data.transforms import boxes_to_original
+from anytime.imaging import boxes_to_original
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six numbers of COCOeval.stats
 

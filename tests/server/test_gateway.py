@@ -17,7 +17,7 @@ from anytime.export.exporter import export_repository
 from anytime.testing import assert_same_detections, random_detector, tiny_config
 from server import anytime_pb2 as pb
 from server import anytime_pb2_grpc as pb_grpc
-from anytime.data.transforms import boxes_to_original
+from anytime.imaging import boxes_to_original
 from server.images import to_model_input
 from server.stack import ServingStack
 
@@ -300,3 +300,23 @@ def test_token_auth_and_graceful_shutdown(repo):
             time.sleep(0.05)
             assert s.stop_gateway() == 0  # SIGTERM: drains, then exits cleanly
             assert in_flight.result(timeout=10).exit >= 1
+
+
+def test_the_token_is_compared_in_constant_time(monkeypatch):
+    """A byte-by-byte ``==`` leaks how much of a guessed token is right through timing."""
+    import hmac
+
+    from server import gateway
+
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(gateway.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+
+    class Details:
+        method = "/anytime.v1.Detector/Detect"
+        invocation_metadata = (("authorization", "Bearer guess"),)
+
+    async def go():
+        auth = gateway._TokenAuth("s3cret")
+        return await auth.intercept_service(lambda d: pytest.fail("a wrong token got through"), Details())
+    assert asyncio.run(go()) is not None and calls == [(b"Bearer guess", b"Bearer s3cret")]

@@ -274,3 +274,14 @@ def _live_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             live.append(int(stat.parent.name))
     return live
+
+
+def test_a_missing_pytriton_is_a_clear_error_and_nothing_is_installed(monkeypatch):
+    import importlib.util
+
+    import server.triton as triton_mod
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None)
+    monkeypatch.setattr(subprocess, "check_call", lambda *a, **k: pytest.fail(f"ran {a}: installing at run time"))
+    with pytest.raises(TritonServerError, match="nvidia-pytriton==0.7.0 wheel, which is not installed"):
+        triton_mod.ensure_installed()
