@@ -9,6 +9,7 @@ this module does the I/O: decoding, Triton calls, health, metrics, auth and shut
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import logging
 import math
@@ -54,16 +55,17 @@ class GatewayConfig:
     tls_key: Path | None = None
     calibration_runs: int = 20  # latency samples per exit and endpoint taken at start-up
     health_interval_s: float = 0.5
+    decode_workers: int = 2  # images decoded at once; admitted requests beyond wait their turn (in order)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
 @dataclass(eq=False)
 class _Pending:
-    """A decoded request waiting for its exit: what the Triton call needs and where to put the answer."""
+    """An admitted request: where its answer goes, and (once decoded) what the Triton call needs."""
 
-    pixels: np.ndarray
     future: asyncio.Future
     arrival: float
+    pixels: np.ndarray | None = None
     dispatched: float | None = None
 
 
@@ -83,11 +85,16 @@ class Gateway(pb_grpc.DetectorServicer):
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._stopping = False
+        # Decoding is CPU work on the cores Triton computes on: a bounded pool, in arrival order, so a burst
+        # cannot starve inference (admission already refused what would not fit).
+        self._decode_slots = asyncio.Semaphore(config.decode_workers)
+        self._decoder = concurrent.futures.ThreadPoolExecutor(config.decode_workers, thread_name_prefix="decode")
 
     # -- start-up -----------------------------------------------------------------------------------------
     async def start(self) -> "Gateway":
         # Warm the decode/resize path once so the first request does not pay for lazy imports and allocations.
-        await asyncio.to_thread(to_model_input, _blank_image(self.image_size), self.image_size)
+        await asyncio.get_running_loop().run_in_executor(self._decoder, to_model_input, _blank_image(self.image_size),
+                                                         self.image_size)
         profiles = {}
         for address in self.config.endpoints:
             client = triton_aio.InferenceServerClient(address)
@@ -172,8 +179,7 @@ class Gateway(pb_grpc.DetectorServicer):
         self.scheduler.set_available(address, up)
         self.metrics.endpoint_up.labels(address).set(1 if up else 0)
         if not self.scheduler.available:  # nothing can serve the queue now: fail it at once, not at its deadline
-            while self.scheduler.queue:
-                req = self.scheduler.queue.pop(0)
+            for req in self.scheduler.drain():
                 _settle(req.payload.future, exception=_Failure(grpc.StatusCode.UNAVAILABLE,
                                                                "no inference server is reachable right now"))
         asyncio.ensure_future(self._set_health(bool(self.scheduler.available) and not self._stopping))
@@ -191,6 +197,7 @@ class Gateway(pb_grpc.DetectorServicer):
             task.cancel()
         for client in self.clients.values():
             await client.close()
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
@@ -203,32 +210,44 @@ class Gateway(pb_grpc.DetectorServicer):
             await context.abort(f.code, f.message)
 
     async def DetectStream(self, request_iterator, context):
+        """Answers in completion order, one per request, whatever happens to each; when the client goes away
+        (or the stream ends abnormally) every item still queued or decoding is dropped, not left to run."""
         answers: asyncio.Queue = asyncio.Queue()
-        pending = 0
+        items: set[asyncio.Task] = set()
+        end = object()
 
         async def one(req):
             try:
-                answers.put_nowait(await self._detect(req, context.time_remaining()))
+                answer = await self._detect(req, context.time_remaining())
             except _Failure as f:
-                answers.put_nowait(pb.DetectResponse(request_id=req.request_id, error_code=f.code.value[0],
-                                                     error_message=f.message))
+                answer = _error_item(req, f.code, f.message)
+            except Exception as e:  # a bug in one item must not hang the stream: answer it as INTERNAL
+                log.exception("stream item %r failed", req.request_id)
+                answer = _error_item(req, grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+            answers.put_nowait(answer)
 
         async def read():
-            nonlocal pending
-            async for req in request_iterator:
-                pending += 1
-                self._spawn(one(req))
-            answers.put_nowait(None)
+            try:
+                async for req in request_iterator:
+                    task = asyncio.ensure_future(one(req))
+                    items.add(task)
+            finally:
+                answers.put_nowait(end)
 
-        self._spawn(read())
-        done_reading = False
-        while not done_reading or pending:
-            item = await answers.get()
-            if item is None:
-                done_reading = True
-                continue
-            pending -= 1
-            yield item
+        reader = asyncio.ensure_future(read())
+        try:
+            reading, answered = True, 0
+            while reading or answered < len(items):
+                item = await answers.get()
+                if item is end:
+                    reading = False
+                    continue
+                answered += 1
+                yield item
+        finally:
+            reader.cancel()
+            for task in items:
+                task.cancel()
 
     async def GetModelInfo(self, request, context):
         endpoints = []
@@ -246,6 +265,7 @@ class Gateway(pb_grpc.DetectorServicer):
     async def _detect(self, request, grpc_remaining: float | None) -> pb.DetectResponse:
         arrival = time.monotonic()
         status = "OK"
+        req = None
         try:
             if self._stopping:
                 raise _Failure(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
@@ -253,59 +273,65 @@ class Gateway(pb_grpc.DetectorServicer):
             if not 0.0 <= request.score_threshold <= 1.0:
                 raise _Failure(grpc.StatusCode.INVALID_ARGUMENT,
                                f"score_threshold must be within [0, 1], got {request.score_threshold}")
-            # Admission before decoding: under overload a refused request must cost (almost) nothing.
+            # Admission before decoding, and it reserves the request's place: under overload a refused request
+            # costs (almost) nothing, and a burst is judged against itself, not against an empty queue.
+            loop = asyncio.get_running_loop()
+            pending = _Pending(loop.create_future(), arrival)
             req = Request(deadline=arrival + budget, arrival=arrival, min_exit=request.min_exit or 1,
-                          max_exit=request.max_exit or None)
+                          max_exit=request.max_exit or None, payload=pending)
             try:
-                self.scheduler.check(req, time.monotonic())
+                self.scheduler.admit(req, time.monotonic())
             except Rejected as r:
-                raise self._refused(r) from None
-            try:
-                pixels, scale, size = await asyncio.to_thread(self._prepare, request)
-            except BadImage as e:
-                raise _Failure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-            used = time.monotonic() - arrival
-            if used >= budget:
-                raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"decoding and resizing the image took "
-                                                                  f"{used * 1e3:.1f} ms of the {budget * 1e3:.1f} ms budget")
-            future = asyncio.get_running_loop().create_future()
-            pending = req.payload = _Pending(pixels, future, arrival)
-            try:
-                self.scheduler.submit(req, time.monotonic())
-            except Rejected as r:
+                req = None
                 raise self._refused(r) from None
             self._update_gauges()
+            async with self._decode_slots:
+                if req.state != "queued":  # drained while waiting to decode (no endpoint left)
+                    await pending.future
+                used = time.monotonic() - arrival
+                if used >= budget:
+                    raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"the budget ran out ({used * 1e3:.1f} of {budget * 1e3:.1f} ms) before decoding")
+                try:
+                    pending.pixels, scale, size = await loop.run_in_executor(self._decoder, self._prepare, request)
+                except BadImage as e:
+                    raise _Failure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+            self.scheduler.mark_ready(req, time.monotonic())
             self._pump()
             # Wait for the answer until the gRPC deadline, or a little past the budget (a late answer is still
             # returned, marked budget_met=false); a request still queued then leaves the queue.
             wait = grpc_remaining if grpc_remaining is not None else budget + LATE_ANSWER_GRACE_S
+            wait -= time.monotonic() - arrival
             try:
-                exit, endpoint, outputs = await asyncio.wait_for(asyncio.shield(future), timeout=max(wait, 0.0))
+                exit, endpoint, outputs = await asyncio.wait_for(asyncio.shield(pending.future), timeout=max(wait, 0.0))
             except asyncio.TimeoutError:
-                self.scheduler.cancel(req)
                 raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {wait * 1e3:.0f} ms") from None
-            except asyncio.CancelledError:  # the client went away: do not spend a slot on it
-                self.scheduler.cancel(req)
-                raise
             done = time.monotonic()
-            total = done - arrival
+            response = pb.DetectResponse(
+                detections=self._detections(outputs, scale, size, request.score_threshold),
+                exit=exit, exits_available=self.exits, endpoint=endpoint, request_id=request.request_id)
+            # Stamped last, once the answer is built: what is left (serialising, sending) is the margin's to cover.
+            total = time.monotonic() - arrival
             met = total <= budget
+            response.budget_met = met
+            response.timing.CopyFrom(pb.Timing(queue_ms=(pending.dispatched - arrival) * 1e3,
+                                               inference_ms=(done - pending.dispatched) * 1e3, total_ms=total * 1e3,
+                                               budget_ms=budget * 1e3))
             self.metrics.exit_used.labels(str(exit)).inc()
             self.metrics.budget.labels("met" if met else "missed").inc()
             self.metrics.latency.labels("queue").observe(pending.dispatched - arrival)
             self.metrics.latency.labels("inference").observe(done - pending.dispatched)
             self.metrics.latency.labels("total").observe(total)
-            return pb.DetectResponse(
-                detections=self._detections(outputs, scale, size, request.score_threshold),
-                exit=exit, exits_available=self.exits, endpoint=endpoint, request_id=request.request_id,
-                budget_met=met,
-                timing=pb.Timing(queue_ms=(pending.dispatched - arrival) * 1e3,
-                                 inference_ms=(done - pending.dispatched) * 1e3, total_ms=total * 1e3,
-                                 budget_ms=budget * 1e3))
+            return response
         except _Failure as f:
             status = f.code.name
             raise
+        except asyncio.CancelledError:  # the client went away
+            status = "CANCELLED"
+            raise
         finally:
+            if req is not None:
+                self.scheduler.cancel(req)  # a no-op once it started; frees its reservation otherwise
             self.metrics.requests.labels(status).inc()
             self._update_gauges()
 
@@ -362,12 +388,12 @@ class Gateway(pb_grpc.DetectorServicer):
         pending: _Pending = a.request.payload
         client = self.clients[a.endpoint]
         t0 = time.monotonic()
-        latency = None
+        censored = True  # a failed call still took this long at least: the profile learns that
         try:
             # The Triton call may take until the request's deadline (plus a little, to still report it late).
             timeout = max(a.request.deadline - t0, 0.0) + 1.0
             outputs = await self._infer(client, a.exit, pending.pixels, timeout)
-            latency = time.monotonic() - t0
+            censored = False
             _settle(pending.future, result=(a.exit, a.endpoint, outputs))
         except InferenceServerException as e:
             unreachable = "UNAVAILABLE" in str(e.status()) or "failed to connect" in e.message().lower()
@@ -379,7 +405,10 @@ class Gateway(pb_grpc.DetectorServicer):
         except Exception as e:  # never leave a caller waiting
             _settle(pending.future, exception=_Failure(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
         finally:
-            self.scheduler.complete(a, time.monotonic(), latency)
+            now = time.monotonic()
+            unreachable = a.endpoint not in self.scheduler.available
+            latency = None if unreachable else now - t0  # a refused connection says nothing about speed
+            self.scheduler.complete(a, now, latency, censored=censored)
             self._pump()
 
     async def _infer(self, client, exit: int, pixels: np.ndarray, timeout: float) -> dict:
@@ -392,7 +421,7 @@ class Gateway(pb_grpc.DetectorServicer):
 
     def _update_gauges(self) -> None:
         if self.scheduler is not None:
-            self.metrics.queue_depth.set(len(self.scheduler.queue))
+            self.metrics.queue_depth.set(self.scheduler.queued)
             self.metrics.in_flight.set(sum(len(b) for b in self.scheduler.busy.values()))
 
     def _spawn(self, coro) -> asyncio.Task:
@@ -412,6 +441,10 @@ class _Failure(Exception):
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
         self.code, self.message = code, message
+
+
+def _error_item(req, code: grpc.StatusCode, message: str) -> pb.DetectResponse:
+    return pb.DetectResponse(request_id=req.request_id, error_code=code.value[0], error_message=message)
 
 
 def _settle(future: asyncio.Future, result=None, exception: Exception | None = None) -> None:

@@ -1,27 +1,35 @@
 """The exit scheduler: earliest-deadline-first queueing, admission control, and the exit choice per request.
 
 Pure logic on an injected clock (every method takes ``now``), so the gateway drives it with real time and
-tests and benchmarks drive it with a simulated one. The model of an endpoint is ``slots`` parallel servers
-whose service time per exit comes from a ``LatencyProfile`` at a high quantile.
+tests and benchmarks drive it with a simulated one. Each endpoint is ``slots`` servers whose service time per
+exit comes from its ``LatencyProfile``: the request's own time at the planning quantile (its deadline is at
+stake), the time others wait behind it at the mean (a sum of p95s would refuse work the system can do).
 
-Decisions:
-- **Admission** (``submit``): a request whose budget is below the fastest exit's predicted latency is
-  infeasible: rejected with DEADLINE_EXCEEDED, or run at its first allowed exit anyway (``when_infeasible``).
-  A feasible request that the queued work would make late, or that would make already-admitted requests
-  late, is shed with RESOURCE_EXHAUSTED: under overload we refuse early rather than let everyone miss.
-- **Exit choice** (``dispatch``): when a slot frees, the request with the earliest deadline picks the
-  deepest exit whose predicted completion fits its own deadline *and* keeps every queued request that was
-  still feasible feasible (assuming they take their fastest exit). Endpoints are tried together; the
-  deepest fit wins, then the fastest endpoint.
+Decisions, each O(log n) in the queue length (``anytime.serve.edf`` keeps the sums):
+
+- **Admission** (``admit``): a budget below the fastest exit's predicted latency is infeasible: rejected with
+  DEADLINE_EXCEEDED, or run at its first allowed exit anyway (``when_infeasible``). A feasible request that the
+  queued work would make late, or that would make an admitted request late, is shed with RESOURCE_EXHAUSTED:
+  under overload we refuse early rather than let everyone miss. An admitted request *reserves* its place at
+  once, before its image is decoded, so a burst of simultaneous arrivals sees itself: the 200th request of a
+  burst is refused against the 199 before it, not against an empty queue.
+- **Exit choice** (``dispatch``): when a slot frees, the ready request with the earliest deadline takes the
+  deepest exit whose predicted completion fits its own deadline *and* keeps every queued request that can still
+  make its deadline able to. With several endpoints the deepest fit wins, then the faster endpoint; a request
+  that fits nowhere free but would fit on a busy faster endpoint once it frees waits for it.
+- **Work in flight** is what a running call is still expected to take given how long it has run already (the
+  mean residual life), so a call that outlived its mean still counts. Queued work is measured in units of the
+  fastest endpoint and drained by the pooled capacity of all available endpoints.
 """
 
 from __future__ import annotations
 
-import bisect
+import heapq
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from anytime.serve.edf import SlackTree
 from anytime.serve.profile import LatencyProfile
 
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
@@ -41,6 +49,13 @@ class Request:
     payload: Any = None
     id: int = field(default_factory=lambda: next(_ids))
     best_effort: bool = False  # admitted although no exit fits its budget
+    state: str = "new"  # new -> queued (admitted: its place reserved) -> running -> gone (or queued -> gone)
+    ready: bool = False  # its input is prepared: it may be dispatched
+    protected: bool = True  # its deadline vetoes decisions that would make it late (off once it is late anyway)
+
+    @property
+    def key(self) -> tuple[float, int]:
+        return (self.deadline, self.id)
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,7 @@ class Assignment:
     exit: int
     start: float
     predicted: float  # predicted service seconds (planning quantile, margin included)
-    expected: float = 0.0  # mean service seconds (margin included): what requests behind it wait for
+    expected: float = 0.0  # mean service seconds: what requests behind it wait for
 
 
 class Rejected(Exception):
@@ -64,15 +79,23 @@ class Rejected(Exception):
 @dataclass
 class SchedulerConfig:
     quantile: float = 0.95  # planning quantile of the latency profiles
-    margin_ms: float = 1.0  # time per request outside the model: gateway, transport, decoding
+    margin_ms: float = 1.0  # per request, outside the Triton call: building the answer, transport
+    gap_ms: float = 0.3  # per call, a slot's idle time between one call and the next (event loop, RPC set-up)
     when_infeasible: str = "reject"  # "reject" (DEADLINE_EXCEEDED) or "first_exit" (run the first allowed exit)
     max_queue: int = 256
     slots_per_endpoint: int = 1  # requests in flight per endpoint
-    protect_queue: bool = True  # never take a deeper exit that would make queued requests late
+    protect_queue: bool = True  # never admit or deepen a request at the price of a queued request's deadline
     fixed_exit: int | None = None  # baselines: always this exit (-1 = deepest) instead of choosing
+    drift: float = 0.1  # re-key the queue when predictions moved by more than this fraction since it was keyed
+
+    def __post_init__(self):
+        if self.when_infeasible not in ("reject", "first_exit"):
+            raise ValueError(f"when_infeasible must be 'reject' or 'first_exit', got {self.when_infeasible!r}")
+        if self.slots_per_endpoint < 1 or self.max_queue < 1:
+            raise ValueError("slots_per_endpoint and max_queue must be >= 1")
 
 
-# (request, endpoint, exit) -> seconds; the oracle baseline passes the true service times here
+# (request, endpoint, exit) -> seconds; the greedy-with-true-latencies baseline passes the true service times here
 LatencyFn = Callable[[Request, str, int], float]
 
 
@@ -84,19 +107,15 @@ class Scheduler:
         self.profiles = profiles
         self.config = config or SchedulerConfig()
         self._latency_fn = latency_fn
-        self.queue: list[Request] = []  # sorted by (deadline, id)
         self.busy: dict[str, dict[int, Assignment]] = {name: {} for name in profiles}
         self.available: set[str] = set(profiles)  # endpoints that answer; the gateway's health probe keeps it
         self.exits = sorted(set.intersection(*(set(p.exits) for p in profiles.values())))
+        self._tree = SlackTree()
+        self._ready: list[tuple[float, int, Request]] = []  # heap of decoded requests (lazy deletion)
+        self._basis: tuple | None = None  # what the queue's keys were computed with
+        self.demoted = 0  # requests that stopped being protected (late whatever happens)
 
     # -- the service-time model ------------------------------------------------------------------------
-    @property
-    def total_slots(self) -> int:
-        return self.config.slots_per_endpoint * max(1, len(self.available))
-
-    def set_available(self, endpoint: str, up: bool) -> None:
-        (self.available.add if up else self.available.discard)(endpoint)
-
     def allowed_exits(self, req: Request) -> list[int]:
         hi = req.max_exit if req.max_exit is not None else self.exits[-1]
         allowed = [e for e in self.exits if req.min_exit <= e <= hi]
@@ -106,45 +125,93 @@ class Scheduler:
         return allowed
 
     def service_time(self, req: Request, endpoint: str, exit: int, expected: bool = False) -> float:
-        """Seconds the request would take: at the planning quantile, or its mean (``expected``)."""
+        """Seconds the request would take on ``endpoint``: at the planning quantile plus the margin, or its mean
+        (``expected``) plus the per-call gap."""
         if self._latency_fn is not None:
             base = self._latency_fn(req, endpoint, exit)
         elif expected:
-            base = self.profiles[endpoint].expected(exit, 1)
+            base = self.profiles[endpoint].expected(exit)
         else:
-            base = self.profiles[endpoint].predict(exit, 1, self.config.quantile)
-        return base + self.config.margin_ms / 1000.0
+            base = self.profiles[endpoint].predict(exit)
+        return base + (self.config.gap_ms if expected else self.config.margin_ms) / 1000.0
 
-    def fastest(self, req: Request, expected: bool = False) -> float:
-        """Seconds for the request at its first allowed exit on its fastest endpoint."""
-        e = self.allowed_exits(req)[0]
-        return min(self.service_time(req, ep, e, expected) for ep in (self.available or self.profiles))
+    def _endpoints(self) -> list[str]:
+        return sorted(self.available) if self.available else sorted(self.profiles)
 
-    def _in_flight_work(self, now: float) -> float:
-        return sum(max(0.0, a.start + a.expected - now) for per_ep in self.busy.values() for a in per_ep.values())
+    def _reference(self) -> tuple[str, dict[str, float], float]:
+        """(fastest endpoint, speed of each relative to it, pooled capacity in slots of the fastest)."""
+        deepest = self.exits[-1]
+        means = {ep: self.profiles[ep].expected(deepest) for ep in self._endpoints()}
+        ref = min(means, key=lambda ep: (means[ep], ep))
+        speed = {ep: means[ref] / means[ep] for ep in means}
+        return ref, speed, self.config.slots_per_endpoint * sum(speed.values())
 
-    def _finish_times(self, now: float, queue: list[Request], extra_work: float = 0.0) -> list[float]:
-        """Estimated finish time of each queued request (in order) if every one takes its fastest exit.
+    def _costs(self, req: Request, ref: str) -> tuple[float, float]:
+        """(own planning seconds, expected work) of the request at its first allowed exit on ``ref``."""
+        first = self.allowed_exits(req)[0]
+        return self.service_time(req, ref, first), self.service_time(req, ref, first, expected=True)
 
-        A request waits for the expected work ahead of it and then takes its own planning-quantile time.
-        """
-        acc, out = self._in_flight_work(now) + extra_work, []
-        for r in queue:
-            out.append(now + acc / self.total_slots + self.fastest(r))
-            acc += self.fastest(r, expected=True)
-        return out
+    def fastest(self, req: Request) -> float:
+        """Planning seconds of the request at its first allowed exit on its fastest endpoint."""
+        first = self.allowed_exits(req)[0]
+        return min(self.service_time(req, ep, first) for ep in self._endpoints())
+
+    def in_flight_work(self, now: float) -> float:
+        """Expected work still running, in seconds of the fastest endpoint."""
+        _, speed, _ = self._reference()
+        work = 0.0
+        for ep, per in self.busy.items():
+            for a in per.values():
+                elapsed = now - a.start
+                if self._latency_fn is not None:
+                    left = max(a.expected - elapsed, 0.0)
+                else:
+                    left = self.profiles[ep].remaining(a.exit, elapsed) + self.config.gap_ms / 1000.0
+                work += left * speed.get(ep, 1.0)
+        return work
+
+    # -- keeping the queue's keys current ------------------------------------------------------------------
+    def _tick(self, now: float) -> tuple[str, dict[str, float], float]:
+        for p in self.profiles.values():
+            p.tick(now)
+        ref, speed, m = self._reference()
+        p = self.profiles[ref]
+        basis = (ref, m, p.ratio(), p.expected(self.exits[-1]))
+        old = self._basis
+        if old is None or old[:2] != basis[:2] or any(abs(b / a - 1) > self.config.drift for a, b in zip(old[2:], basis[2:])):
+            self._rekey(ref, m)
+            self._basis = basis
+        return ref, speed, m
+
+    def _rekey(self, ref: str, m: float) -> None:
+        """Recompute every queued request's key with the current predictions (O(n log n); only on drift)."""
+        queued = self._tree.items()
+        self._tree.clear()
+        for req in queued:
+            self._insert(req, ref, m)
+
+    def _insert(self, req: Request, ref: str, m: float) -> None:
+        f, e = self._costs(req, ref)
+        self._tree.insert(req.key, e, m * (req.deadline - f), req, req.protected)
+
+    def _demote_late(self, key, threshold: float) -> float:
+        """Stop protecting queued requests (after ``key``; all when None) whose slack is below ``threshold``:
+        they are late whatever is decided now, and protecting them would only make more requests late.
+        Returns the smallest slack among the protected requests left."""
+        while True:
+            after = self._tree.around(key)[1] if key is not None else self._tree.min_slack
+            if after >= threshold:
+                return after
+            node = self._tree.argmin_after(key)
+            node.item.protected = False
+            self._tree.set_protected(node.key, False)
+            self.demoted += 1
 
     # -- admission --------------------------------------------------------------------------------------
-    def submit(self, req: Request, now: float) -> None:
-        """Queue the request or raise ``Rejected``."""
-        pos = self.check(req, now)
-        self.queue.insert(pos, req)
-
-    def check(self, req: Request, now: float) -> int:
-        """Raise ``Rejected`` if ``submit`` would; else return the queue position it would take.
-
-        Cheap enough to run before decoding an image, so overload is refused before it costs CPU."""
-        if not self.allowed_exits(req):
+    def admit(self, req: Request, now: float) -> None:
+        """Reserve the request's place in the queue, or raise ``Rejected``. It runs once ``mark_ready``."""
+        allowed = self.allowed_exits(req)
+        if not allowed:
             raise Rejected(INVALID_ARGUMENT, f"no exit between min_exit={req.min_exit} and max_exit={req.max_exit}; "
                                              f"this model has exits {self.exits[0]}..{self.exits[-1]}")
         if not self.available:
@@ -152,29 +219,45 @@ class Scheduler:
         budget = req.deadline - now
         if budget <= 0:
             raise Rejected(DEADLINE_EXCEEDED, "the deadline had passed before the request was scheduled")
+        ref, _, m = self._tick(now)
         fastest = self.fastest(req)
         if fastest > budget:
             if self.config.when_infeasible != "first_exit":
                 raise Rejected(DEADLINE_EXCEEDED, f"a budget of {budget * 1e3:.1f} ms is below the fastest exit's "
                                                   f"predicted latency ({fastest * 1e3:.1f} ms)")
             req.best_effort = True
-        if len(self.queue) >= self.config.max_queue:
-            raise Rejected(RESOURCE_EXHAUSTED, f"overloaded: {len(self.queue)} requests are queued")
-        keys = [(r.deadline, r.id) for r in self.queue]
-        pos = bisect.bisect(keys, (req.deadline, req.id))
-        before = self._finish_times(now, self.queue)
-        after = self._finish_times(now, self.queue[:pos] + [req] + self.queue[pos:])
-        mine = after[pos]
-        if not req.best_effort and mine > req.deadline:
-            raise Rejected(RESOURCE_EXHAUSTED, f"overloaded: about {(mine - now - fastest) * 1e3:.0f} ms of queued work "
-                                               f"leaves no exit within the {budget * 1e3:.0f} ms budget")
+        if self._tree.size >= self.config.max_queue:
+            raise Rejected(RESOURCE_EXHAUSTED, f"overloaded: {self._tree.size} requests are queued")
+        f, e = self._costs(req, ref)
+        threshold = m * now + self.in_flight_work(now)
+        ahead, _ = self._tree.around(req.key)
+        if not req.best_effort and m * (req.deadline - f) - ahead < threshold:
+            raise Rejected(RESOURCE_EXHAUSTED, f"overloaded: about {ahead / m * 1e3:.0f} ms of queued work and "
+                                               f"{(threshold / m - now) * 1e3:.0f} ms in flight leave no exit within "
+                                               f"the {budget * 1e3:.0f} ms budget")
         if self.config.protect_queue:
-            hurt = sum(1 for r, b, a in zip(self.queue[pos:], before[pos:], after[pos + 1:])
-                       if b <= r.deadline < a)
-            if hurt:
-                raise Rejected(RESOURCE_EXHAUSTED, f"overloaded: admitting this request would make {hurt} queued "
-                                                   "request(s) miss their deadlines")
-        return pos
+            behind = self._demote_late(req.key, threshold)
+            if behind - e < threshold:
+                raise Rejected(RESOURCE_EXHAUSTED, "overloaded: admitting this request would make a queued request "
+                                                   "miss its deadline")
+        req.state, req.protected = "queued", not req.best_effort
+        self._tree.insert(req.key, e, m * (req.deadline - f), req, req.protected)
+
+    def mark_ready(self, req: Request, now: float) -> None:
+        """The request's input is prepared: it may be dispatched from now on."""
+        if req.state == "queued" and not req.ready:
+            req.ready = True
+            heapq.heappush(self._ready, (req.deadline, req.id, req))
+
+    def submit(self, req: Request, now: float) -> None:
+        """``admit`` and ``mark_ready`` at once (a request with nothing to prepare)."""
+        self.admit(req, now)
+        self.mark_ready(req, now)
+
+    @property
+    def queued(self) -> int:
+        """Requests admitted and not yet started (decoding ones included)."""
+        return self._tree.size
 
     # -- dispatch -----------------------------------------------------------------------------------------
     def free_endpoints(self) -> list[str]:
@@ -182,56 +265,97 @@ class Scheduler:
                 if ep in self.available and len(per) < self.config.slots_per_endpoint]
 
     def dispatch(self, now: float) -> tuple[list[Assignment], list[Request]]:
-        """Start queued requests on free slots. Returns (assignments, expired requests to fail)."""
-        started, expired = [], []
-        while self.queue and self.free_endpoints():
-            req = self.queue.pop(0)
-            if not req.best_effort and now + self.fastest(req) > req.deadline:
-                if self.config.when_infeasible != "first_exit":
-                    expired.append(req)
-                    continue
-                req.best_effort = True
-            endpoint, exit, predicted = self._choose(req, now)
+        """Start ready requests on free slots. Returns (assignments, expired requests to fail)."""
+        started, expired, waiting = [], [], []
+        if not self._ready or not self.free_endpoints():
+            return started, expired
+        ref, speed, m = self._tick(now)
+        while self._ready and self.free_endpoints():
+            _, _, req = heapq.heappop(self._ready)
+            if req.state != "queued":
+                continue  # cancelled or failed while waiting
+            self._tree.remove(req.key)
+            choice = self._choose(req, now, speed, m)
+            if choice == "wait":
+                waiting.append(req)
+                continue
+            if choice is None:
+                req.state = "gone"
+                expired.append(req)
+                continue
+            endpoint, exit, predicted = choice
+            req.state = "running"
             a = Assignment(req, endpoint, exit, now, predicted, self.service_time(req, endpoint, exit, expected=True))
             self.busy[endpoint][req.id] = a
             started.append(a)
+        for req in waiting:  # back in line: a faster endpoint frees in time for them
+            self._insert(req, ref, m)
+            heapq.heappush(self._ready, (req.deadline, req.id, req))
         return started, expired
 
-    def _choose(self, req: Request, now: float) -> tuple[str, int, float]:
+    def _choose(self, req: Request, now: float, speed: dict[str, float], m: float):
+        """(endpoint, exit, predicted seconds) for ``req``, ``"wait"``, or None when it cannot make it."""
         allowed = self.allowed_exits(req)
-        rest = self.queue
-        feasible_before = None
-        if self.config.protect_queue and rest:
-            # who among the queued can still make it if this request takes its fastest exit
-            feasible_before = [f <= r.deadline for r, f in
-                               zip(rest, self._finish_times(now, rest, self.fastest(req, expected=True)))]
+        free = self.free_endpoints()
+        threshold = m * now + self.in_flight_work(now)
+        behind = None
+        if self.config.protect_queue and self._tree.size:
+            cheapest = min(self.service_time(req, ep, allowed[0], expected=True) * speed.get(ep, 1.0) for ep in free)
+            behind = self._demote_late(None, threshold + cheapest)
         best = None
-        for ep in self.free_endpoints():
+        for ep in free:
             for exit in reversed(allowed):
                 s = self.service_time(req, ep, exit)
-                fits = now + s <= req.deadline or (req.best_effort and exit == allowed[0])
-                if fits and feasible_before is not None:
-                    finish = self._finish_times(now, rest, self.service_time(req, ep, exit, expected=True))
-                    fits = all(f <= r.deadline for r, f, ok in zip(rest, finish, feasible_before) if ok)
-                if fits:
-                    if best is None or (exit, -s) > (best[1], -best[2]):
-                        best = (ep, exit, s)
-                    break
-        if best is None:  # nothing fits everyone: take the first allowed exit on the fastest endpoint
-            ep = min(self.free_endpoints(), key=lambda e: self.service_time(req, e, allowed[0]))
-            best = (ep, allowed[0], self.service_time(req, ep, allowed[0]))
-        return best
+                if now + s > req.deadline and not (req.best_effort and exit == allowed[0]):
+                    continue
+                if behind is not None and exit != allowed[0]:
+                    work = self.service_time(req, ep, exit, expected=True) * speed.get(ep, 1.0)
+                    if behind < threshold + work:
+                        continue
+                if best is None or (exit, -s) > (best[1], -best[2]):
+                    best = (ep, exit, s)
+                break
+        if best is not None:
+            return best
+        # Nothing free fits. A busy, faster endpoint may still free up in time: wait for it.
+        for ep in self.available:
+            per = self.busy[ep]
+            if ep in free or not per:
+                continue
+            soonest = min(self.profiles[ep].remaining(a.exit, now - a.start) if self._latency_fn is None
+                          else max(a.expected - (now - a.start), 0.0) for a in per.values())
+            if now + soonest + self.service_time(req, ep, allowed[0]) <= req.deadline:
+                return "wait"
+        if self.config.when_infeasible == "first_exit":
+            req.best_effort = True
+            ep = min(free, key=lambda e: self.service_time(req, e, allowed[0]))
+            return ep, allowed[0], self.service_time(req, ep, allowed[0])
+        return None
 
-    def complete(self, a: Assignment, now: float, latency: float | None = None) -> None:
-        """A dispatched request finished (or failed); ``latency`` (seconds) updates the endpoint's profile."""
+    # -- completion and cancellation -------------------------------------------------------------------------
+    def complete(self, a: Assignment, now: float, latency: float | None = None, censored: bool = False) -> None:
+        """A dispatched request finished (or failed, ``censored``): ``latency`` seconds update its endpoint."""
         self.busy[a.endpoint].pop(a.request.id, None)
-        if latency is not None:
-            self.profiles[a.endpoint].observe(a.exit, 1, latency)
+        a.request.state = "gone"
+        if latency is not None and self._latency_fn is None:
+            self.profiles[a.endpoint].observe(a.exit, latency, now, censored=censored)
 
     def cancel(self, req: Request) -> bool:
-        """Drop a queued request (its client went away). True if it was still queued."""
-        for i, r in enumerate(self.queue):
-            if r is req:
-                del self.queue[i]
-                return True
-        return False
+        """Drop an admitted request that has not started (its client went away, or its input was bad)."""
+        if req.state != "queued":
+            return False
+        self._tree.remove(req.key)
+        req.state = "gone"  # its entry in the ready heap, if any, is skipped when popped
+        return True
+
+    def drain(self) -> list[Request]:
+        """Remove and return every request that has not started (no endpoint is left to run them)."""
+        out = [r for r in self._tree.items()]
+        self._tree.clear()
+        self._ready.clear()
+        for r in out:
+            r.state = "gone"
+        return out
+
+    def set_available(self, endpoint: str, up: bool) -> None:
+        (self.available.add if up else self.available.discard)(endpoint)

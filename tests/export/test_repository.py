@@ -50,8 +50,9 @@ def test_python_backend_config(tmp_path, tiny_detector_onnx):
     assert (outs["labels"].data_type, list(outs["labels"].dims)) == (mc.TYPE_INT64, [D])
     nd = outs["num_detections"]
     assert (nd.data_type, list(nd.dims), nd.HasField("reshape"), list(nd.reshape.shape)) == (mc.TYPE_INT64, [1], True, [])
-    assert list(cfg.dynamic_batching.preferred_batch_size) == [2, 4, 8]
-    assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
+    # batching only of what is already waiting: a lone request is never held back for company
+    assert cfg.HasField("dynamic_batching") and list(cfg.dynamic_batching.preferred_batch_size) == []
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 0
     (group,) = cfg.instance_group
     assert (group.count, group.kind) == (1, mc.ModelInstanceGroup.KIND_CPU)
     assert cfg.parameters["onnx_file"].string_value == "model.onnx"

@@ -60,7 +60,7 @@ def test_min_and_max_exit_are_respected():
     s = sched()
     with pytest.raises(Rejected) as e:
         s.submit(Request(deadline=12 * MS, arrival=0.0, min_exit=2), now=0.0)  # exit 2 needs 20 ms
-    assert e.value.code == DEADLINE_EXCEEDED and s.queue == []
+    assert e.value.code == DEADLINE_EXCEEDED and s.queued == 0
 
 
 def test_earliest_deadline_first():
@@ -110,8 +110,8 @@ def test_expired_requests_are_failed_at_dispatch():
 def test_online_observations_replace_the_prior():
     p = profile(10, 20, 30)
     s = Scheduler({"a": p}, SchedulerConfig(margin_ms=0.0))
-    for _ in range(p.min_samples):
-        p.observe(3, 1, 0.060)  # exit 3 became twice as slow
+    for i in range(p.min_samples):
+        p.observe(3, 0.060, now=i * 0.01)  # exit 3 became twice as slow
     s.submit(Request(deadline=50 * MS, arrival=0.0), now=0.0)
     (a,), _ = s.dispatch(0.0)
     assert a.exit == 2
@@ -169,4 +169,101 @@ def test_unavailable_endpoints_are_skipped_and_none_left_is_unavailable():
 
 def test_profile_predictions_never_decrease_with_depth():
     p = LatencyProfile({1: {1: {"p50": 5, "p95": 10}}, 2: {1: {"p50": 4, "p95": 8}}, 3: {1: {"p50": 9, "p95": 20}}})
-    assert [round(p.predict(e) * 1e3, 6) for e in (1, 2, 3)] == [10, 10, 20]
+    # base = mean per exit lifted to the slowest shallower exit (5, 5, 9) times one pooled noise factor (p95/p50 = 2)
+    assert [round(p.predict(e) * 1e3, 6) for e in (1, 2, 3)] == [10, 10, 18]
+
+
+def test_decision_cost_does_not_grow_with_the_queue(monkeypatch):
+    """Latency predictions per admission and per dispatch are a constant, not one per queued request."""
+    calls = {"n": 0}
+    real_predict, real_expected = LatencyProfile.predict, LatencyProfile.expected
+
+    def counting(real):
+        def f(self, *a, **k):
+            calls["n"] += 1
+            return real(self, *a, **k)
+        return f
+
+    monkeypatch.setattr(LatencyProfile, "predict", counting(real_predict))
+    monkeypatch.setattr(LatencyProfile, "expected", counting(real_expected))
+    per_queue = {}
+    for n in (16, 200):
+        s = sched()
+        s.submit(Request(deadline=1000.0, arrival=0.0), now=0.0)
+        s.dispatch(0.0)  # one running, the rest queue
+        for i in range(n):
+            s.submit(Request(deadline=100.0 + i, arrival=0.0), now=0.0)
+        calls["n"] = 0
+        s.submit(Request(deadline=50.0, arrival=0.0), now=0.0)
+        admit_calls = calls["n"]
+        calls["n"] = 0
+        s.complete(next(iter(s.busy["a"].values())), now=0.01, latency=0.01)
+        s.dispatch(0.01)
+        per_queue[n] = (admit_calls, calls["n"])
+    assert per_queue[200] == per_queue[16], per_queue
+
+
+def test_a_burst_reserves_capacity_at_admission_and_admitted_requests_meet_budgets():
+    """200 requests arrive at once (10x what fits): each admission sees the reservations before it, even
+    though none has been decoded yet; the admitted ones then all finish in time."""
+    s = sched()
+    admitted, codes = [], []
+    for i in range(200):
+        r = Request(deadline=0.100, arrival=0.0, payload=i)
+        try:
+            s.admit(r, now=0.0)  # reserved, not ready: its image is still being decoded
+            admitted.append(r)
+        except Rejected as e:
+            codes.append(e.code)
+    assert 5 <= len(admitted) <= 10 and set(codes) == {RESOURCE_EXHAUSTED}
+    now, done = 0.002, []  # decoding took 2 ms
+    for r in admitted:
+        s.mark_ready(r, now)
+    while len(done) < len(admitted):
+        (a,), expired = s.dispatch(now)
+        assert expired == []
+        now += 0.010 if a.exit == 1 else 0.020 if a.exit == 2 else 0.030  # exactly the predicted times
+        s.complete(a, now)
+        done.append(now <= a.request.deadline)
+    assert all(done)
+
+
+def test_a_call_that_outlived_its_mean_still_counts_as_work_in_flight():
+    s = sched()
+    s.submit(Request(deadline=1.0, arrival=0.0), now=0.0)
+    (a,), _ = s.dispatch(0.0)
+    mean = a.expected
+    assert s.in_flight_work(0.0) == pytest.approx(mean, rel=0.2)
+    assert s.in_flight_work(2 * mean) > 0.0  # a slow call: it still holds the slot
+
+
+def test_queued_work_is_drained_by_every_endpoint_not_costed_on_one():
+    def admitted(profiles):
+        s = Scheduler(profiles, SchedulerConfig(margin_ms=0.0, gap_ms=0.0))
+        n = 0
+        for _ in range(50):
+            try:
+                s.submit(Request(deadline=0.100, arrival=0.0), now=0.0)
+                n += 1
+            except Rejected:
+                pass
+        return n
+
+    one = admitted({"a": profile(10, 20, 30)})
+    two = admitted({"a": profile(10, 20, 30), "b": profile(10, 20, 30)})
+    slow_pair = admitted({"a": profile(10, 20, 30), "b": profile(20, 40, 60)})
+    assert two >= 2 * one - 1 and one < slow_pair < two, (one, slow_pair, two)
+
+
+def test_a_request_that_would_miss_on_the_free_slow_endpoint_waits_for_the_fast_one():
+    s = Scheduler({"slow": profile(50, 60, 70), "fast": profile(5, 10, 15)}, SchedulerConfig(margin_ms=0.0))
+    s.submit(Request(deadline=1.0, arrival=0.0), now=0.0)
+    (first,), _ = s.dispatch(0.0)
+    assert first.endpoint == "fast"
+    tight = Request(deadline=0.030, arrival=0.0)  # 30 ms: misses on slow (50 ms), fits on fast once it is free
+    s.submit(tight, now=0.0)
+    started, expired = s.dispatch(0.0)
+    assert started == [] and expired == [] and s.queued == 1
+    s.complete(first, now=0.015, latency=0.015)
+    (a,), _ = s.dispatch(0.015)
+    assert a.request is tight and a.endpoint == "fast"
