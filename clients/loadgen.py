@@ -3,8 +3,13 @@
 Why open loop: a closed loop (send, wait, send) slows down exactly when the server does, which hides overload.
 Here request ``i`` leaves at its arrival time whatever happened to the earlier ones, so queueing, shedding and
 missed budgets show up as they would with independent users. Each request carries its own budget and a gRPC
-deadline 1 s beyond it, so nothing hangs. Accuracy is COCO AP over *all* images sent: a failed request
-contributes no detections, so failures lower AP, which is the honest measure of what a user got.
+deadline 1 s beyond it, so nothing hangs and late answers are still seen.
+
+The client's clock decides: a request met its budget when its answer arrived within the budget *as the client
+measured it*, from send to answer, transport included (the gateway's own ``budget_met`` is kept beside it).
+Accuracy is COCO AP over *all* images sent, where only answers that met their budget contribute detections
+("AP at budget"): a failed or late request contributes nothing, which is the honest measure of what a user with
+a deadline got. ``AP_all`` also counts late answers, for comparison.
 """
 
 from __future__ import annotations
@@ -95,7 +100,8 @@ class RequestRecord:
     error: str = ""
     latency_ms: float | None = None  # client-measured, send to answer
     exit: int | None = None
-    budget_met: bool = False
+    budget_met: bool = False  # answered within the budget on the client's clock
+    server_budget_met: bool = False  # what the gateway said
     server_ms: dict = field(default_factory=dict)  # the gateway's queue / inference / total times
     detections: list[dict] = field(default_factory=list)
 
@@ -118,26 +124,38 @@ def _detections(response: pb.DetectResponse, image_id: int) -> list[dict]:
              "score": round(float(d.score), 5)} for d in response.detections]
 
 
-async def run_setting(address: str, dataset, budgets, rate: float, n: int, seed: int = 0, token: str | None = None,
-                      *, tls_ca: str | Path | None = None, progress: bool = True) -> SettingResult:
-    """Send ``n`` distinct images of ``dataset`` (a CocoDetection) at Poisson arrivals of ``rate`` per second.
+def plan_trace(image_ids, budgets, rate: float, n: int, seed: int = 0) -> list[RequestRecord]:
+    """The requests of one setting: ``n`` distinct images of ``image_ids`` at Poisson arrivals of ``rate``/s.
 
     ``budgets`` is a number of ms, a distribution string (``uniform:10:60``) or a BudgetSpec. The image order,
     arrival times and budget draws come from separate streams seeded by ``seed``, so two settings with the same
-    seed send the same images at the same moments and differ only in what they vary.
+    seed send the same images at the same moments and differ only in what they vary, and a simulator given the
+    same arguments replays exactly the trace that was sent.
+    """
+    spec = parse_budget(budgets)
+    if not rate > 0 or not math.isfinite(rate):
+        raise ValueError(f"the rate must be a finite number of requests per second > 0, got {rate}")
+    if not 1 <= n <= len(image_ids):
+        raise ValueError(f"cannot send {n} distinct images: the dataset has {len(image_ids)}")
+    ids = np.random.default_rng([seed, 0]).permutation(np.asarray(image_ids))[:n].tolist()
+    gaps = np.random.default_rng([seed, 1]).exponential(1.0 / rate, n)
+    arrivals = np.concatenate([[0.0], np.cumsum(gaps[1:])])
+    drawn = spec.sample(np.random.default_rng([seed, 2]), n)
+    return [RequestRecord(int(i), float(b), float(t)) for i, b, t in zip(ids, drawn, arrivals)]
+
+
+async def run_setting(address: str, dataset, budgets, rate: float, n: int, seed: int = 0, token: str | None = None,
+                      *, tls_ca: str | Path | None = None, progress: bool = True,
+                      exits: tuple[int, int] = (0, 0)) -> SettingResult:
+    """Send the trace ``plan_trace(dataset.ids, budgets, rate, n, seed)`` of ``dataset`` (a CocoDetection).
+
+    ``exits`` = (min_exit, max_exit) sent with every request (0 = the gateway chooses): (1, 1) and (K, K) are the
+    fixed-exit baselines, run through the same gateway.
     """
     from tqdm import tqdm
 
     spec = parse_budget(budgets)
-    if not rate > 0 or not math.isfinite(rate):
-        raise ValueError(f"the rate must be a finite number of requests per second > 0, got {rate}")
-    if not 1 <= n <= len(dataset):
-        raise ValueError(f"cannot send {n} distinct images: the dataset has {len(dataset)}")
-    ids = np.random.default_rng([seed, 0]).permutation(np.asarray(dataset.ids))[:n].tolist()
-    gaps = np.random.default_rng([seed, 1]).exponential(1.0 / rate, n)
-    arrivals = np.concatenate([[0.0], np.cumsum(gaps[1:])])
-    drawn = spec.sample(np.random.default_rng([seed, 2]), n)
-    records = [RequestRecord(int(i), float(b), float(t)) for i, b, t in zip(ids, drawn, arrivals)]
+    records = plan_trace(dataset.ids, spec, rate, n, seed)
     payloads = [image_bytes(dataset.image_dir / dataset.coco.imgs[r.image_id]["file_name"]) for r in records]
     metadata = auth_metadata(token)
 
@@ -152,7 +170,8 @@ async def run_setting(address: str, dataset, budgets, rate: float, n: int, seed:
         with tqdm(total=n, desc=desc, unit="req", disable=not progress, leave=False) as bar:
 
             async def one(k: int, record: RequestRecord, start: float) -> None:
-                request = pb.DetectRequest(encoded=payloads[k], budget_ms=record.budget_ms, request_id=str(k))
+                request = pb.DetectRequest(encoded=payloads[k], budget_ms=record.budget_ms, request_id=str(k),
+                                           min_exit=exits[0], max_exit=exits[1])
                 record.sent_s = loop.time() - start
                 t0 = time.perf_counter()
                 try:
@@ -162,7 +181,9 @@ async def run_setting(address: str, dataset, budgets, rate: float, n: int, seed:
                     record.status, record.error = e.code().name, e.details() or ""
                 else:
                     record.latency_ms = (time.perf_counter() - t0) * 1e3
-                    record.status, record.exit, record.budget_met = "OK", int(response.exit), bool(response.budget_met)
+                    record.status, record.exit = "OK", int(response.exit)
+                    record.budget_met = record.latency_ms <= record.budget_ms
+                    record.server_budget_met = bool(response.budget_met)
                     t = response.timing
                     record.server_ms = {"queue": t.queue_ms, "inference": t.inference_ms, "total": t.total_ms}
                     record.detections = _detections(response, record.image_id)
@@ -191,15 +212,18 @@ def _percentiles(values: list[float]) -> dict:
 def evaluate_results(result: SettingResult, coco) -> dict:
     """The summary of one setting: statuses, budget-met rate, latency, exits and COCO AP (``coco``: ground truth).
 
-    AP and AP50 are over every image sent; ``ap_per_exit`` scores each exit on the images it answered.
+    AP and AP50 are over every image sent, from the answers that met their budget on the client's clock (AP at
+    budget); ``AP_all`` counts late answers too; ``ap_per_exit`` scores each exit on the images it answered.
     """
     from anytime.eval.coco_eval import coco_metrics
 
     records = result.records
     n = len(records)
     ok = [r for r in records if r.status == "OK"]
+    met = [r for r in ok if r.budget_met]
     sent_ids = [r.image_id for r in records]
-    overall = coco_metrics(coco, [d for r in ok for d in r.detections], sent_ids)
+    overall = coco_metrics(coco, [d for r in met for d in r.detections], sent_ids)
+    everything = coco_metrics(coco, [d for r in ok for d in r.detections], sent_ids) if len(met) < len(ok) else overall
     per_exit = {}
     for exit in sorted({r.exit for r in ok}):
         mine = [r for r in ok if r.exit == exit]
@@ -216,12 +240,15 @@ def evaluate_results(result: SettingResult, coco) -> dict:
         "requests": n,
         "status": dict(Counter(r.status for r in records).most_common()),
         "ok": len(ok),
-        "budget_met_rate": sum(r.budget_met for r in ok) / n,
+        "late": len(ok) - len(met),
+        "budget_met_rate": len(met) / n,
+        "server_budget_met_rate": sum(r.server_budget_met for r in ok) / n,
         "latency_ms": _percentiles([r.latency_ms for r in ok]),
-        "server_total_ms": _percentiles([r.server_ms["total"] for r in ok]),
+        "server_total_ms": _percentiles([r.server_ms["total"] for r in ok if "total" in r.server_ms]),
         "exits": {str(e): c for e, c in sorted(Counter(r.exit for r in ok).items())},
         "AP": overall["AP"],
         "AP50": overall["AP50"],
+        "AP_all": everything["AP"],
         "ap_per_exit": per_exit,
         "duration_s": result.duration_s,
         "send_rate": (n - 1) / last_send if n > 1 and last_send > 0 else None,

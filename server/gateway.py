@@ -354,6 +354,7 @@ class Gateway(pb_grpc.DetectorServicer):
         return min(candidates) if candidates else self.config.default_budget_ms / 1e3
 
     def _prepare(self, request) -> tuple[np.ndarray, float, tuple[int, int]]:
+        self.metrics.decoded.inc()
         which = request.WhichOneof("image")
         image = decode(request.encoded if which == "encoded" else None, request.raw if which == "raw" else None,
                        self.config.max_image_pixels)

@@ -17,6 +17,7 @@ class GatewayMetrics:
         self.shed = Counter("anytime_shed", "Requests refused by admission control", ["reason"], registry=r)
         self.queue_depth = Gauge("anytime_queue_depth", "Requests waiting for a slot", registry=r)
         self.in_flight = Gauge("anytime_in_flight", "Requests running on an inference server", registry=r)
+        self.decoded = Counter("anytime_images_decoded", "Request images the gateway started to decode (admitted requests only)", registry=r)
         self.endpoint_up = Gauge("anytime_endpoint_up", "1 if the inference server answers", ["endpoint"], registry=r)
         self.latency = Histogram("anytime_latency_seconds", "Time per stage", ["stage"], buckets=_LATENCY_BUCKETS,
                                  registry=r)

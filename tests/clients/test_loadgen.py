@@ -102,6 +102,33 @@ def test_evaluate_results_scores_perfect_answers_as_one(data):
     assert half["AP"] < 0.7 and half["ap_per_exit"]["2"]["AP"] == pytest.approx(1.0)
 
 
+def test_late_answers_are_misses_on_the_clients_clock_and_earn_no_ap_at_budget(data):
+    """The gateway said budget_met, but the answer reached the client after the budget: a miss."""
+    from clients.loadgen import RequestRecord
+
+    dataset = open_dataset(data)
+    coco = dataset.coco
+    records = []
+    for image_id in dataset.ids:
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=False))
+        records.append(RequestRecord(image_id, 50.0, 0.0, 0.0, "OK", latency_ms=55.0, exit=1, budget_met=False,
+                                     server_budget_met=True,
+                                     detections=[{"image_id": image_id, "category_id": a["category_id"],
+                                                  "bbox": a["bbox"], "score": 1.0} for a in anns]))
+    s = evaluate_results(SettingResult("x", parse_budget(50), 1.0, 0, records, 1.0), coco)
+    assert s["budget_met_rate"] == 0.0 and s["server_budget_met_rate"] == 1.0 and s["late"] == N_VAL
+    assert s["AP"] == 0.0 and s["AP_all"] == pytest.approx(1.0)
+
+
+def test_met_is_measured_by_the_client(stack, data):
+    """Every answer's budget_met is the client's own latency against the budget."""
+    dataset = open_dataset(data)
+    result = asyncio.run(run_setting(stack.address, dataset, 1000, rate=20, n=6, seed=1, progress=False))
+    assert all(r.budget_met == (r.latency_ms <= r.budget_ms) for r in result.records)
+    fixed = asyncio.run(run_setting(stack.address, dataset, 1000, rate=20, n=6, seed=1, progress=False, exits=(1, 1)))
+    assert {r.exit for r in fixed.records} == {1}  # the fixed-exit baseline through the same gateway
+
+
 @pytest.mark.parametrize("args, message", [
     (["--rates", "0"], "--rates must all be > 0"),
     (["--budget-dist", "normal:1:2"], "unknown budget distribution"),

@@ -320,3 +320,122 @@ def test_the_token_is_compared_in_constant_time(monkeypatch):
         auth = gateway._TokenAuth("s3cret")
         return await auth.intercept_service(lambda d: pytest.fail("a wrong token got through"), Details())
     assert asyncio.run(go()) is not None and calls == [(b"Bearer guess", b"Bearer s3cret")]
+
+
+def _metric(stack, name: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def _photo(h=480, w=640, seed=0) -> bytes:
+    """A JPEG like a camera's: smooth content, some texture (decoding it costs a few ms)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (w + h)], -1)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_a_burst_of_200_at_ten_times_capacity_decodes_only_what_it_admits(heavy_stack):
+    """200 simultaneous requests whose budget fits about 20: the rest are refused before decoding, and the
+    admitted ones meet their budgets, on the gateway's clock and on the client's (the gRPC deadline is the
+    budget, so the gateway counts from the moment the client sent it)."""
+    with grpc.insecure_channel(heavy_stack.address) as ch:
+        info = pb_grpc.DetectorStub(ch).GetModelInfo(pb.ModelInfoRequest())
+    p50 = {p.exit: p.p50_ms for p in info.endpoints[0].profile}
+    budget = 20 * p50[1]
+    photo = _photo()
+    decoded_before = _metric(heavy_stack, "anytime_images_decoded_total")
+
+    async def burst():
+        async with grpc.aio.insecure_channel(heavy_stack.address) as ch:
+            stub = pb_grpc.DetectorStub(ch)
+            await stub.GetModelInfo(pb.ModelInfoRequest())  # connected before the burst
+
+            async def one():
+                t0 = time.perf_counter()
+                try:
+                    r = await stub.Detect(pb.DetectRequest(encoded=photo), timeout=budget / 1e3)
+                    return "OK", (time.perf_counter() - t0) * 1e3 <= budget, r.budget_met
+                except grpc.aio.AioRpcError as e:
+                    return e.code().name, False, False
+            return await asyncio.gather(*(one() for _ in range(200)))
+    results = asyncio.run(burst())
+    decoded = _metric(heavy_stack, "anytime_images_decoded_total") - decoded_before
+    codes = [c for c, _, _ in results]
+    ok = [(client_met, server_met) for c, client_met, server_met in results if c == "OK"]
+    shed = codes.count("RESOURCE_EXHAUSTED")
+    assert shed >= 100 and len(ok) >= 5, (p50, budget, sorted(set(codes)))
+    assert decoded <= 200 - shed, (decoded, shed)  # a shed request never reached the decoder
+    assert sum(s for _, s in ok) >= 0.9 * len(ok), (p50, budget, ok)  # the gateway's clock
+    assert sum(c for c, _ in ok) >= 0.9 * len(ok), (p50, budget, ok)  # the client's: transport included
+
+
+@pytest.fixture(scope="module")
+def in_process(repo):
+    """A real Triton process and the gateway running in this process, on an event loop of its own, so a test
+    can reach inside it (to inject a fault, to look at its queue)."""
+    import threading
+
+    from server.gateway import Gateway, GatewayConfig
+    from server.triton import TritonServer, free_ports
+
+    http, grpc_port, metrics = free_ports(3)
+    with TritonServer(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as triton:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        config = GatewayConfig(repository=repo, endpoints=[triton.grpc_url], port=0, calibration_runs=5)
+        gateway = asyncio.run_coroutine_threadsafe(Gateway(config).start(), loop).result(120)
+        try:
+            yield gateway
+        finally:
+            asyncio.run_coroutine_threadsafe(gateway.stop(grace=0.5), loop).result(30)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+
+
+def test_a_stream_item_that_raises_anything_is_answered_and_the_stream_ends(in_process, monkeypatch):
+    real = in_process._prepare
+
+    def faulty(request):
+        if request.request_id == "boom":
+            raise KeyError("an unexpected bug")
+        return real(request)
+
+    monkeypatch.setattr(in_process, "_prepare", faulty)
+
+    async def go():
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{in_process.port}") as ch:
+            reqs = [pb.DetectRequest(encoded=png(48, 48, seed=i), budget_ms=10_000, request_id=str(i)) for i in range(3)]
+            reqs.insert(1, pb.DetectRequest(encoded=png(48, 48), budget_ms=10_000, request_id="boom"))
+            return [r async for r in pb_grpc.DetectorStub(ch).DetectStream(iter(reqs), timeout=30)]
+    answers = {r.request_id: r for r in asyncio.run(go())}
+    assert set(answers) == {"0", "1", "2", "boom"}
+    assert answers["boom"].error_code == grpc.StatusCode.INTERNAL.value[0] and "KeyError" in answers["boom"].error_message
+    assert all(answers[k].error_code == 0 for k in "012")
+    assert in_process.scheduler.queued == 0
+
+
+def test_cancelling_a_stream_drops_its_queued_and_decoding_items(in_process):
+    big = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)).save(big, "PNG")
+    decoded_before = in_process.metrics.decoded._value.get()
+
+    async def go():
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{in_process.port}") as ch:
+            call = pb_grpc.DetectorStub(ch).DetectStream(
+                iter([pb.DetectRequest(encoded=big.getvalue(), budget_ms=30_000, request_id=str(i)) for i in range(40)]))
+            await asyncio.sleep(0.3)  # all 40 sent; a few decoding, the rest waiting for a decoder
+            call.cancel()
+            await asyncio.sleep(1.0)
+    asyncio.run(go())
+    deadline = time.monotonic() + 10
+    while in_process.scheduler.queued and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_process.scheduler.queued == 0
+    time.sleep(1.0)
+    assert in_process.metrics.decoded._value.get() - decoded_before < 20  # the waiting ones never decoded
