@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "anytime.train.cli",  # train
     "anytime.eval.cli",  # eval
     "anytime.export.cli",  # export, profile
+    "anytime.search.cli",  # search, draw
     "server.cli",  # triton
     "server.serve",  # serve
     "clients.cli",  # detect, evaluate

@@ -1,0 +1,82 @@
+"""A search directory: its checkpoint and what a user reads.
+
+- ``state.pt``: the whole search (configuration, agent weights, optimiser, baseline, random generators, every
+  trial with its status) in one file, replaced atomically (``atomic_save``) after every finished trial, so a
+  ``kill -9`` at any moment leaves the last consistent state;
+- ``trials.jsonl``: one line per finished trial, by step (rewritten from the state, so it never holds a trial
+  the state does not);
+- ``best.json``: the best architecture so far, in the format of ``anytime/model/archs/`` (a model config
+  takes it as ``"pyramid": "DIR/best.json"``);
+- ``search.json``: the resolved configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+FORMAT, VERSION = "anytime-search", 1
+
+
+def state_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "state.pt"
+
+
+def save_state(out_dir: str | Path, config: dict, loop_state: dict, agent_state: dict) -> None:
+    from anytime.train.checkpoint import atomic_save
+
+    atomic_save({"format": FORMAT, "version": VERSION, "config": config, "loop": loop_state, "agent": agent_state},
+                state_path(out_dir))
+
+
+def load_state(out_dir: str | Path) -> dict:
+    """The saved search, or a clear error when ``out_dir`` holds none."""
+    import torch
+
+    from anytime.cli import UserError
+
+    path = state_path(out_dir)
+    if not path.is_file():
+        raise UserError(f"--resume: {out_dir} holds no search to resume ({path} does not exist)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"--resume: {path} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"--resume: {path} is not an anytime search state")
+    return state
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def trial_record(trial, space) -> dict:
+    """One line of trials.jsonl."""
+    arch = space.decode(trial.decisions, name=f"step{trial.step}").to_dict()
+    return {"step": trial.step, "architecture": arch, "reward": trial.reward, "seconds": trial.seconds,
+            "worker": trial.worker, "status": trial.status, "metrics": trial.metrics, "error": trial.error,
+            "same_as": trial.same_as}
+
+
+def write_outputs(out_dir: str | Path, loop, proxy_name: str) -> None:
+    """trials.jsonl and best.json from the loop's current state."""
+    out = Path(out_dir)
+    lines = [json.dumps(trial_record(t, loop.space)) for t in loop.finished()]
+    write_text_atomically(out / "trials.jsonl", "".join(line + "\n" for line in lines))
+    best = loop.best()
+    if best is not None:
+        spec = loop.space.decode(best.decisions, name="search-best").to_dict()
+        spec["_comment"] = (f"The best architecture of the search in {out}: step {best.step}, proxy reward "
+                            f"{best.reward:.4f} (proxy preset {proxy_name!r}).")
+        write_text_atomically(out / "best.json", json.dumps(spec, indent=2) + "\n")
+
+
+def read_records(out_dir: str | Path) -> list[dict]:
+    path = Path(out_dir) / "trials.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
