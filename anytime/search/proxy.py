@@ -62,6 +62,10 @@ class ProxyConfig:
             raise ConfigError(f"proxy.num_classes must be between 2 and {MAX_CLASSES}, got {self.num_classes}")
         if self.data_dir is None and (self.train_images < 1 or self.reward_images < 1):
             raise ConfigError("proxy.train_images and proxy.reward_images must be positive")
+        if self.data_dir is None and self.holdout is not None:
+            raise ConfigError(f"proxy {self.name}: holdout needs proxy.data_dir, a COCO-format root whose training split "
+                              f"it divides (the paper holds out {PAPER_HOLDOUT} images of COCO train2017); set "
+                              "\"proxy\": {\"data_dir\": ...} in the search config")
         if self.data_dir is not None and not (isinstance(self.holdout, int) and self.holdout > 0):
             raise ConfigError("proxy.holdout (reward images held out from the training split) must be a positive "
                               "integer when proxy.data_dir is set")

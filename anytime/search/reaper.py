@@ -64,6 +64,21 @@ def descendants(root: int) -> dict[int, int]:
     return found
 
 
+def ray_processes() -> set[int]:
+    """Every live Ray process on this machine (its binaries and services, its renamed workers and agents); for
+    checks that a search left nothing behind."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _stat(int(entry)):
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline.startswith(b"ray::") or b"site-packages/ray/" in cmdline:
+                found.add(int(entry))
+    return found
+
+
 def kill_recorded(recorded: dict[int, int]) -> list[int]:
     """SIGKILL each recorded process that is still the same process; returns the PIDs signalled."""
     killed = []
