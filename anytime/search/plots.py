@@ -98,8 +98,11 @@ def draw_architectures(specs: list, path: str | Path, titles: list[str] | None =
 
         def arrow(a: int, b: int, dashed: bool = False):
             (x0, y0), (x1, y1) = xy[a], xy[b]
-            # Two nodes on one row with nodes between them: an arc over them (under them on the top row).
-            rad = 0.0 if y0 != y1 or x1 - x0 <= 1 else (0.35 if y0 == len(levels) - 1 else -0.35)
+            # Two nodes on one row with nodes between them: an arc past those nodes, bowing towards the middle
+            # rows and never more than about half a row high.
+            rad = 0.0
+            if y0 == y1 and x1 - x0 > 1:
+                rad = min(0.35, 1.0 / (x1 - x0)) * (1 if y0 >= (len(levels) - 1) / 2 else -1)
             ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=9,
                                          connectionstyle=f"arc3,rad={rad}", shrinkA=11, shrinkB=11,
                                          lw=1.0, ls="--" if dashed else "-", color="0.35", zorder=1))

@@ -5,7 +5,7 @@ workers go, but ``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent`` stay (re-pa
 Nothing inside a SIGKILLed process can clean up, so the driver starts this small watchdog first, in its own
 session, connected by a pipe on its stdin:
 
-- every half second it records the driver's descendants whose command line names Ray (with their start
+- every second it records the driver's descendants whose command line names Ray (with their start
   times, so a recycled PID is never mistaken for one of them);
 - the pipe reaches end-of-file when the driver closes it (a normal stop, after ``ray.shutdown()``) or when the
   kernel closes it because the driver died; then every recorded process still alive is SIGKILLed.
@@ -23,7 +23,7 @@ import signal
 import sys
 from pathlib import Path
 
-POLL_S = 0.5
+POLL_S = 1.0
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
