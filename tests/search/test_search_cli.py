@@ -27,7 +27,7 @@ def search_command(out: Path, config: Path, *extra: str) -> list[str]:
 
 
 def run_search(out: Path, config: Path, *extra: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(search_command(out, config, *extra), capture_output=True, text=True, timeout=400,
+    proc = subprocess.run(search_command(out, config, *extra), capture_output=True, text=True, timeout=900,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -78,7 +78,7 @@ def test_resume_after_kill_9_gives_the_same_search(reference, workdir, ray_watch
     before = ray_watch.pids()
     proc = subprocess.Popen(search_command(out, workdir / "config.json"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / "trials.jsonl").exists() and len(trials(out)) >= 2:
             break
