@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         })
     marks = sorted({m for r in rows for m in r["best_at"]})
     print("| search | controller | trials | unique | failed | best reward (step) | mean | first / last quarter mean | "
-          + " | ".join(f"best by {m}" for m in marks) + " | trial hours |")
+          + " | ".join(f"best by {m}" for m in marks) + " | trial wall-clock hours |")
     print("|" + "---|" * (9 + len(marks)))
     for r in rows:
         print(f"| {r['search']} | {r['controller']} | {r['trials']} | {r['unique']} | {r['failed']} | "

@@ -9,9 +9,11 @@ and ``ray[tune]`` adds about 45 s and 630 MB to a fresh venv (measured with ray 
 adds 17 s and 250 MB. With tasks, ``ray.wait`` gives each result as it arrives and ``max_retries`` /
 ``retry_exceptions`` give bounded retries.
 
-- Local by default: ``ray.init`` on this machine with ``workers x cpus_per_trial`` CPUs, no dashboard, no
-  usage reporting, worker output kept out of the terminal (the progress bar owns it). A watchdog
-  (``reaper``) kills what Ray leaves behind if this process is killed outright.
+- Local by default: ``ray.init`` on this machine with ``workers x cpus_per_trial`` CPUs, no dashboard (ray
+  2.60 still starts its dashboard process for the job and state APIs, without the web UI), no usage
+  reporting, worker output kept out of the terminal (the progress bar owns it). A watchdog (``reaper``)
+  kills what Ray leaves behind if this process is killed outright. Ray runs its workers at nice 15
+  (``RAY_worker_niceness``): on a machine busy with other work, trials get what is left.
 - ``address`` joins an existing cluster instead (``ray start --head`` elsewhere); nothing is started or
   stopped then but this driver's connection.
 - Each trial is a task with ``num_cpus=cpus_per_trial`` and ``num_gpus=gpus_per_trial`` (fractions allowed:
