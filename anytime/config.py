@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from anytime.jsonfile import read_json
+from anytime.files import read_json
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -66,7 +66,7 @@ class ModelConfig:
     # post-processing
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
-    topk_candidates: int = 1000  # kept at 1000 or below so NMS exports to ONNX (FACTS.md)
+    topk_candidates: int = 1000  # at most 1000: torch's dynamo exporter fails on batched NMS over more boxes
     detections_per_img: int = 100
 
     # -- derived ---------------------------------------------------------------------------------------

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from anytime.files import atomic_write
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "hexagon")
 PATTERNS = ("solid", "stripes", "dots", "checker", "rings", "grid")
@@ -355,11 +356,8 @@ def _write_split(out: Path, split: str, count: int, cfg: SynthConfig, progress) 
         "categories": [{"id": k + 1, "name": name, "supercategory": name.split("-")[0]}
                        for k, name in enumerate(names)],
     }
-    ann_file = out / "annotations" / f"instances_{split}.json"
-    ann_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ann_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, ann_file)  # atomic: a half-written set never looks complete to ensure_default
+    # atomic: a half-written set never looks complete to ensure_default
+    atomic_write(out / "annotations" / f"instances_{split}.json", json.dumps(doc))
 
 
 def generate(out_dir, seed: int = 0, num_train: int = 4000, num_val: int = 500, image_size: int = 256,

@@ -51,11 +51,42 @@ def served_graph(onnx_bytes: bytes) -> bytes:
     """The graph with only the served outputs: the verified graph minus the nodes that only feed the candidates.
 
     Every node that remains is a node that was verified, so the served file computes exactly what was checked.
+    (``onnx.utils.Extractor`` would do this, but it ignores the outer-scope tensors that an ``If`` subgraph reads,
+    and batched NMS exports as one, so it prunes nodes the NMS branch needs.)
     """
     import onnx
-    from onnx.utils import Extractor
 
     model = onnx.load_from_string(onnx_bytes)
-    if [o.name for o in model.graph.output] == list(OUTPUT_NAMES):
+    graph = model.graph
+    if [o.name for o in graph.output] == list(OUTPUT_NAMES):
         return onnx_bytes
-    return Extractor(model).extract_model([INPUT_NAME], list(OUTPUT_NAMES)).SerializeToString()
+    needed = set(OUTPUT_NAMES)
+    keep = []
+    for node in reversed(graph.node):  # nodes are in topological order: walk back from the outputs
+        if needed.intersection(node.output):
+            keep.append(node)
+            needed.update(_reads(node))
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    kept_outputs = [o for o in graph.output if o.name in OUTPUT_NAMES]
+    del graph.output[:]
+    graph.output.extend(kept_outputs)
+    used_inits = [i for i in graph.initializer if i.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(used_inits)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _reads(node) -> set[str]:
+    """Every tensor a node reads, including those its subgraphs (If/Loop bodies) take from the outer scope."""
+    import onnx
+
+    names = {x for x in node.input if x}
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            produced = {o for n in sub.node for o in n.output} | {i.name for i in sub.input} | {
+                i.name for i in sub.initializer}
+            for n in sub.node:
+                names |= _reads(n) - produced
+    return names

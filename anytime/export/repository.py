@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anytime.jsonfile import read_json
+from anytime.files import atomic_write, read_json
 
 INPUT_NAME = "images"
 # (name, Triton data type, dims without the batch axis as a function of max_detections)
@@ -91,40 +91,33 @@ class TritonModelConfig:
             params["intra_op_thread_count"] = str(self.intra_op_threads)
         return params
 
-    def to_pbtxt(self) -> str:
-        s, d = self.image_size, self.max_detections
-        lines = [f'name: "{self.name}"', f'backend: "{self.backend}"']
+    def message(self):
+        """The config as Triton's own ``ModelConfig`` protobuf message."""
+        from tritonclient.grpc import model_config_pb2 as mc
+
+        cfg = mc.ModelConfig(name=self.name, backend=self.backend, max_batch_size=self.max_batch_size)
         if self.backend == "onnxruntime":
-            lines.append('platform: "onnxruntime_onnx"')
-        lines.append(f"max_batch_size: {self.max_batch_size}")
-        lines += [
-            "input [",
-            f'  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: [ 3, {s}, {s} ] }}',
-            "]",
-            "output [",
-        ]
-        outs = []
+            cfg.platform = "onnxruntime_onnx"
+        cfg.input.add(name=INPUT_NAME, data_type=mc.TYPE_UINT8, dims=[3, self.image_size, self.image_size])
         for name, dtype, dims in OUTPUTS:
-            shape = dims(d)
-            if shape:
-                outs.append(f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, shape))} ] }}')
-            else:  # batch axis only: Triton needs a non-empty dims, reshaped away
-                outs.append(f'  {{ name: "{name}" data_type: {dtype} dims: [ 1 ] reshape: {{ shape: [ ] }} }}')
-        lines.append(",\n".join(outs))
-        lines.append("]")
-        preferred = ", ".join(str(b) for b in self.preferred_batch_sizes)
-        lines += [
-            "dynamic_batching {",
-            *([f"  preferred_batch_size: [ {preferred} ]"] if preferred else []),
-            f"  max_queue_delay_microseconds: {self.max_queue_delay_us}",
-            "}",
-            "instance_group [",
-            f"  {{ count: {self.instances} kind: {'KIND_GPU' if self.kind == 'gpu' else 'KIND_CPU'} }}",
-            "]",
-        ]
+            shape = dims(self.max_detections)
+            out = cfg.output.add(name=name, data_type=mc.DataType.Value(dtype), dims=shape or [1])
+            if not shape:  # one value per image: Triton needs non-empty dims, reshaped away
+                out.reshape.SetInParent()
+        cfg.dynamic_batching.SetInParent()
+        cfg.dynamic_batching.preferred_batch_size.extend(self.preferred_batch_sizes)
+        cfg.dynamic_batching.max_queue_delay_microseconds = self.max_queue_delay_us
+        kind = mc.ModelInstanceGroup.KIND_GPU if self.kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+        cfg.instance_group.add(count=self.instances, kind=kind)
         for key, value in self.parameters().items():
-            lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
-        return "\n".join(lines) + "\n"
+            cfg.parameters[key].string_value = value
+        return cfg
+
+    def to_pbtxt(self) -> str:
+        """``config.pbtxt``: the message in protobuf's text format, as Triton reads it."""
+        from google.protobuf import text_format
+
+        return text_format.MessageToString(self.message())
 
 
 def write_model_dir(
@@ -187,7 +180,7 @@ def write_model_dir(
         _replace_dir(staging, model_dir / str(version))
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # after a swap it holds the old version
-    _atomic_write_text(model_dir / "config.pbtxt", config.to_pbtxt())
+    atomic_write(model_dir / "config.pbtxt", config.to_pbtxt())
     return model_dir
 
 
@@ -233,20 +226,6 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, so a manifest can pin exactly which ONNX file each exit serves."""
     h = hashlib.sha256()
@@ -268,7 +247,7 @@ def write_manifest(repo: str | Path, manifest: dict[str, Any]) -> Path:
     repo = Path(repo)
     repo.mkdir(parents=True, exist_ok=True)
     path = repo / MANIFEST_NAME
-    _atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic_write(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -1,8 +1,10 @@
-"""Triton python-backend model that serves one exported exit (``model.onnx``) with ONNX Runtime.
+"""Triton python-backend model that serves one exported ONNX graph (``model.onnx``) with ONNX Runtime.
 
-Copied verbatim as ``model.py`` into every version directory by ``anytime.export.repository``; it runs
-inside Triton's python stub, so it imports only numpy and onnxruntime (never torch: importing it in the
-stub costs seconds of startup per instance). Config parameters it reads (all optional):
+Copied verbatim as ``model.py`` into every version directory by ``anytime.export.repository``; it runs inside
+Triton's python stub, so it imports only numpy and onnxruntime (never torch: importing it in the stub costs
+seconds of startup per instance). Inputs and outputs, their names, data types and shapes, are read from the
+model's config (``initialize``), as in Triton's python-backend examples: the same file serves an exit (uint8
+images in, detections out) or a stage (features in and out). Config parameters it reads (all optional):
 
 - ``onnx_file``: file name inside the version directory (default ``model.onnx``);
 - ``intra_op_thread_count`` / ``inter_op_thread_count``: ONNX Runtime thread pools (0 = runtime default);
@@ -16,10 +18,6 @@ import os
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
-
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
-OUTPUT_DTYPES = (np.float32, np.float32, np.int64, np.int64)
 
 
 def _gpu_present():
@@ -35,15 +33,15 @@ class TritonPythonModel:
         self.name = config.get("name", "model")
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         path = os.path.join(version_dir, params.get("onnx_file") or "model.onnx")
-
-        image_input = pb_utils.get_input_config_by_name(config, INPUT_NAME)
-        if image_input is None:
-            raise pb_utils.TritonModelException(f"{self.name}: config has no input {INPUT_NAME!r}")
-        dims = [int(d) for d in image_input["dims"]]
-        if len(dims) != 3 or dims[0] != 3 or dims[1] != dims[2] or dims[1] < 1:
-            raise pb_utils.TritonModelException(f"{self.name}: input dims must be [3, S, S], got {dims}")
-        self.image_size = dims[1]
-        self.max_batch_size = int(config.get("max_batch_size", 0))
+        # name -> (numpy dtype, dims without the batch axis; -1 = any)
+        self.inputs = {i["name"]: (pb_utils.triton_string_to_numpy(i["data_type"]), [int(d) for d in i["dims"]])
+                       for i in config.get("input", [])}
+        self.outputs = {}
+        for o in config.get("output", []):
+            out = pb_utils.get_output_config_by_name(config, o["name"])
+            self.outputs[o["name"]] = pb_utils.triton_string_to_numpy(out["data_type"])
+        if not self.inputs or not self.outputs:
+            raise pb_utils.TritonModelException(f"{self.name}: the config must name its inputs and outputs")
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_thread_count") or 0)
@@ -60,55 +58,55 @@ class TritonPythonModel:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device}))
         self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
 
-        names = {o.name for o in self.session.get_outputs()}
-        missing = [n for n in OUTPUT_NAMES if n not in names]
-        if missing or INPUT_NAME not in {i.name for i in self.session.get_inputs()}:
-            raise pb_utils.TritonModelException(
-                f"{self.name}: {path} must have input {INPUT_NAME!r} and outputs {list(OUTPUT_NAMES)}; "
-                f"missing outputs {missing}"
-            )
+        graph_in = {i.name for i in self.session.get_inputs()}
+        graph_out = {o.name for o in self.session.get_outputs()}
+        missing = sorted((set(self.inputs) - graph_in) | (set(self.outputs) - graph_out))
+        if missing:
+            raise pb_utils.TritonModelException(f"{self.name}: {path} lacks the configured tensors {missing}")
+        self.output_names = list(self.outputs)
 
-    def _images(self, request):
-        """The request's images as a uint8 [n, 3, S, S] array, or ValueError with what is wrong."""
-        tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
-        if tensor is None:
-            raise ValueError(f"missing input {INPUT_NAME!r}")
-        images = tensor.as_numpy()
-        s = self.image_size
-        if images.dtype != np.uint8:
-            raise ValueError(f"input {INPUT_NAME!r} must be UINT8, got {images.dtype}")
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, s, s):
-            raise ValueError(f"input {INPUT_NAME!r} must have shape [n, 3, {s}, {s}], got {list(images.shape)}")
-        if images.shape[0] < 1:
-            raise ValueError(f"input {INPUT_NAME!r} has an empty batch")
-        return images
+    def _tensors(self, request):
+        """The request's inputs as arrays, or ValueError with what is wrong."""
+        arrays, batch = {}, None
+        for name, (dtype, dims) in self.inputs.items():
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise ValueError(f"missing input {name!r}")
+            a = tensor.as_numpy()
+            if a.dtype != dtype:
+                raise ValueError(f"input {name!r} must be {np.dtype(dtype).name}, got {a.dtype}")
+            if a.ndim != len(dims) + 1 or any(d != -1 and d != s for d, s in zip(dims, a.shape[1:])):
+                raise ValueError(f"input {name!r} must have shape [n, {', '.join(map(str, dims))}], got {list(a.shape)}")
+            if a.shape[0] < 1 or (batch is not None and a.shape[0] != batch):
+                raise ValueError(f"input {name!r} has a batch of {a.shape[0]}; every input needs the same batch >= 1")
+            arrays[name], batch = a, a.shape[0]
+        return arrays, batch
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        good = []  # (request index, images)
+        good = []  # (request index, inputs, batch size)
         for i, request in enumerate(requests):
             try:
-                good.append((i, self._images(request)))
+                arrays, n = self._tensors(request)
+                good.append((i, arrays, n))
             except ValueError as e:
                 responses[i] = _error(f"{self.name}: {e}")
         if good:
-            batch = good[0][1] if len(good) == 1 else np.concatenate([images for _, images in good])
+            feed = {name: good[0][1][name] if len(good) == 1 else np.concatenate([g[1][name] for g in good])
+                    for name in self.inputs}
             try:
-                outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+                outputs = self.session.run(self.output_names, feed)
             except Exception as e:  # a runtime failure fails this batch only, never the server
-                for i, _ in good:
+                for i, _, _ in good:
                     responses[i] = _error(f"{self.name}: onnxruntime failed: {e}")
             else:
-                outputs = [np.asarray(o, dtype=t) for o, t in zip(outputs, OUTPUT_DTYPES)]
+                outputs = [np.asarray(o, dtype=self.outputs[name]) for o, name in zip(outputs, self.output_names)]
                 start = 0
-                for i, images in good:
-                    stop = start + images.shape[0]
-                    tensors = [
-                        pb_utils.Tensor(name, np.ascontiguousarray(out[start:stop]))
-                        for name, out in zip(OUTPUT_NAMES, outputs)
-                    ]
+                for i, _, n in good:
+                    tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + n]))
+                               for name, out in zip(self.output_names, outputs)]
                     responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-                    start = stop
+                    start += n
         return responses
 
     def finalize(self):

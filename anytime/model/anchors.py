@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
-import torch
-from torchvision.models.detection._utils import BoxCoder
+import math
 
-# RetinaNet's box coding (dx, dy, dw, dh), unit weights as in the TensorFlow reference.
-BOX_CODER = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+import torch
+
+# RetinaNet's box coding (dx, dy, dw, dh) with unit weights, as in the TensorFlow reference. Width and height
+# deltas are clipped before exp so that a wild prediction cannot overflow (the same bound as torchvision's).
+DELTA_CLIP = math.log(1000.0 / 16)
+
+
+def encode_boxes(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Regression targets [N, 4] that take each anchor [N, 4] (xyxy) to its box [N, 4] (xyxy)."""
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    bx, by = boxes[:, 0] + 0.5 * bw, boxes[:, 1] + 0.5 * bh
+    return torch.stack(((bx - ax) / aw, (by - ay) / ah, torch.log(bw / aw), torch.log(bh / ah)), dim=1)
+
+
+def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Boxes [N, 4] (xyxy) from deltas [N, 4] relative to anchors [N, 4]: the inverse of ``encode_boxes``."""
+    anchors = anchors.to(deltas.dtype)
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
+    cx, cy = deltas[:, 0] * aw + ax, deltas[:, 1] * ah + ay
+    half_w = 0.5 * torch.exp(deltas[:, 2].clamp(max=DELTA_CLIP)) * aw
+    half_h = 0.5 * torch.exp(deltas[:, 3].clamp(max=DELTA_CLIP)) * ah
+    return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=1)
 
 
 def make_anchors(image_size: int, levels: tuple[int, ...], scales: int = 3,

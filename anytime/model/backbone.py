@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import mobilenet_v2, resnet
-from torchvision.models._utils import IntermediateLayerGetter
 
 # name -> (block, layers); ResNet-10 is the paper's proxy-task backbone (§4.2).
 _RESNETS = {
@@ -42,6 +41,31 @@ class _SlimResNet(resnet.ResNet):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
+class Stages(nn.ModuleDict):
+    """The children of a network up to its last returned stage, run in order; returns the named stages' outputs.
+
+    What torchvision's private ``IntermediateLayerGetter`` does, and with the same parameter names (the
+    children keep theirs), so checkpoints stay compatible; the classifier after the last stage is dropped.
+    """
+
+    def __init__(self, net: nn.Module, returned: tuple[str, ...]):
+        children = {}
+        for name, module in net.named_children():
+            children[name] = module
+            if name == returned[-1]:
+                break
+        super().__init__(children)
+        self.returned = returned
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for name, module in self.items():
+            x = module(x)
+            if name in self.returned:
+                out.append(x)
+        return out
+
+
 class Backbone(nn.Module):
     """Wraps a classification network and exposes ``out_channels`` for C3, C4, C5."""
 
@@ -51,7 +75,7 @@ class Backbone(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.body(x).values())
+        return self.body(x)
 
 
 def build_backbone(name: str, width: float = 1.0, weights: str | None = None) -> Backbone:
@@ -60,7 +84,7 @@ def build_backbone(name: str, width: float = 1.0, weights: str | None = None) ->
         net = resnet.ResNet(block, layers) if width == 1.0 else _SlimResNet(block, layers, width)
         if weights:
             _load_weights(net, weights)
-        body = IntermediateLayerGetter(net, {"layer2": "c3", "layer3": "c4", "layer4": "c5"})
+        body = Stages(net, ("layer2", "layer3", "layer4"))
         channels = [_stage_channels(net.layer2), _stage_channels(net.layer3), _stage_channels(net.layer4)]
         return Backbone(body, channels)
     if name == "mobilenet_v2":
@@ -68,7 +92,7 @@ def build_backbone(name: str, width: float = 1.0, weights: str | None = None) ->
         if weights:
             _load_weights(net, weights)
         # features[6] ends stride 8 (32 ch), features[13] stride 16 (96 ch), features[18] stride 32 (1280 ch).
-        body = IntermediateLayerGetter(net.features, {"6": "c3", "13": "c4", "18": "c5"})
+        body = Stages(net.features, ("6", "13", "18"))
         return Backbone(body, [32, 96, 1280])
     raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(sorted(BACKBONES))}")
 

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.models.detection._utils import Matcher
 from torchvision.ops import box_iou, sigmoid_focal_loss
 
-from anytime.model.anchors import BOX_CODER
+from anytime.model.anchors import encode_boxes
 
 # RetinaNet's assignment: IoU >= 0.5 foreground, < 0.4 background, in between ignored; every ground-truth
 # box keeps its best anchor even below 0.5.
-MATCHER = Matcher(0.5, 0.4, allow_low_quality_matches=True)
+FOREGROUND_IOU, BACKGROUND_IOU = 0.5, 0.4
+BACKGROUND, IGNORED = -1, -2
 CROWD_IOA = 0.5  # background anchors covered this much by an iscrowd region are ignored, not negatives
 
 
@@ -26,6 +26,23 @@ class AnchorTargets:
     num_foreground: torch.Tensor  # scalar, at least 1
 
 
+def match(iou: torch.Tensor) -> torch.Tensor:
+    """For each anchor, the index of its ground-truth box ([G, N] IoU in), or BACKGROUND / IGNORED.
+
+    An anchor takes the box it overlaps most: at ``FOREGROUND_IOU`` or more it is that box's; below
+    ``BACKGROUND_IOU`` background; in between ignored. Then every box also keeps the anchors it overlaps most
+    (ties included), even below the foreground threshold, so no box goes without an anchor.
+    """
+    best, idx = iou.max(dim=0)
+    matched = idx.clone()
+    matched[best < FOREGROUND_IOU] = IGNORED
+    matched[best < BACKGROUND_IOU] = BACKGROUND
+    best_per_box = iou.max(dim=1, keepdim=True).values
+    _, keep = torch.nonzero(iou == best_per_box, as_tuple=True)
+    matched[keep] = idx[keep]
+    return matched
+
+
 def assign(anchors: torch.Tensor, targets: list[dict]) -> AnchorTargets:
     labels, boxes = [], []
     for t in targets:
@@ -33,11 +50,11 @@ def assign(anchors: torch.Tensor, targets: list[dict]) -> AnchorTargets:
         lab = torch.full((anchors.shape[0],), -1, dtype=torch.long, device=anchors.device)
         enc = torch.zeros_like(anchors)
         if gt_boxes.numel():
-            matched = MATCHER(box_iou(gt_boxes, anchors))  # [N]: gt index, -1 below, -2 between
+            matched = match(box_iou(gt_boxes, anchors))  # [N]: gt index, BACKGROUND or IGNORED
             fg = matched >= 0
             lab[fg] = gt_labels[matched[fg]]
-            lab[matched == Matcher.BETWEEN_THRESHOLDS] = -2
-            enc[fg] = BOX_CODER.encode_single(gt_boxes[matched[fg]], anchors[fg])
+            lab[matched == IGNORED] = IGNORED
+            enc[fg] = encode_boxes(gt_boxes[matched[fg]], anchors[fg])
         crowd = t.get("crowd_boxes")
         if crowd is not None and crowd.numel():
             lab[(lab == -1) & (_ioa(anchors, crowd).amax(1) > CROWD_IOA)] = -2

@@ -7,9 +7,9 @@ PyTorch and exports to ONNX with a dynamic batch axis.
 from __future__ import annotations
 
 import torch
-from torchvision.ops import nms
+from torchvision.ops import batched_nms
 
-from anytime.model.anchors import BOX_CODER
+from anytime.model.anchors import decode_boxes
 
 
 def candidates(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor, image_size: int
@@ -20,7 +20,7 @@ def candidates(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torc
     runtimes with a tolerance, because they change smoothly with the arithmetic while NMS output does not.
     """
     b, n, _ = cls_logits.shape
-    boxes = BOX_CODER.decode_single(box_deltas.reshape(-1, 4), anchors.repeat(b, 1)).clamp(min=0, max=float(image_size))
+    boxes = decode_boxes(box_deltas.reshape(-1, 4), anchors.repeat(b, 1)).clamp(min=0, max=float(image_size))
     return torch.sigmoid(cls_logits), boxes.reshape(b, n, 4)
 
 
@@ -37,16 +37,15 @@ def postprocess(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: tor
     anchor_idx = torch.div(top_idx, k, rounding_mode="floor")
     labels = top_idx - anchor_idx * k
     deltas = torch.gather(box_deltas, 1, anchor_idx[..., None].expand(-1, -1, 4))
-    boxes = BOX_CODER.decode_single(deltas.reshape(-1, 4), anchors[anchor_idx.reshape(-1)])
+    boxes = decode_boxes(deltas.reshape(-1, 4), anchors[anchor_idx.reshape(-1)])
     boxes = boxes.clamp(min=0, max=float(image_size))
 
     flat_scores, flat_labels = top_scores.reshape(-1), labels.reshape(-1)
     t = top_scores.shape[1]
     image_ids = torch.arange(b, device=cls_logits.device)[:, None].expand(b, t).reshape(-1)
-    # One NMS call for the whole batch: offset boxes by (image, class) so groups never overlap. This is what
-    # torchvision's batched_nms does for small inputs; done by hand it exports at any size (FACTS.md).
-    group = (image_ids * k + flat_labels).to(boxes.dtype) * float(image_size + 1)
-    keep = nms(boxes + group[:, None], flat_scores, nms_thresh)  # sorted by score
+    # One NMS for the whole batch, grouped by (image, class). While tracing for export, batched_nms offsets
+    # each group's boxes so groups never overlap: a single NMS op, exportable at any batch size.
+    keep = batched_nms(boxes, flat_scores, image_ids * k + flat_labels, nms_thresh)  # sorted by score
     keep = keep[flat_scores[keep] > score_thresh]
 
     # Rank of each kept detection within its image, keeping score order: sort by (image, position in keep),

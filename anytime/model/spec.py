@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from anytime.jsonfile import read_json
+from anytime.files import read_json
 
 BINARY_OPS = ("sum", "global_pool")
 ARCH_DIR = Path(__file__).parent / "archs"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from anytime.config import ConfigError, known_fields
-from anytime.jsonfile import read_json
+from anytime.files import read_json
 
 # Fields that may differ between a search and its resumption: they change where and how fast trials run,
 # not what the search computes. ``trials`` may grow too (the search then runs further).

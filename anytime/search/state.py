@@ -13,9 +13,9 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
+
+from anytime.files import atomic_write
 
 FORMAT, VERSION = "anytime-search", 1
 
@@ -50,10 +50,7 @@ def load_state(out_dir: str | Path) -> dict:
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def trial_record(trial, space) -> dict:

@@ -6,13 +6,12 @@ Everything is stored as tensors and plain Python values, so files load with ``to
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import torch
 
 from anytime.config import DEFAULT_CHECKPOINT, ConfigError, ModelConfig
+from anytime.files import atomic_write
 from anytime.model import AnytimeRetinaNet
 
 DEFAULT_MODEL = DEFAULT_CHECKPOINT  # the small shipped model (one definition, in anytime.config)
@@ -27,26 +26,8 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj, path: str | Path) -> Path:
-    """torch.save to a temp file in the same directory, fsync, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # usual umask-based permissions
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-    return path
+    """``torch.save`` through ``atomic_write``: a crash never leaves half a checkpoint."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -86,20 +67,16 @@ def load_model(path: str | Path, map_location="cpu") -> tuple[AnytimeRetinaNet, 
     return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval(), meta
 
 
-def load_state(model: torch.nn.Module, state: dict, path: str | Path) -> None:
-    """Strict load_state_dict with an error that says which file and which keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        parts = []
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
-            if keys:
-                parts.append(f"{label} {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)} in all)")
-        raise CheckpointError(f"checkpoint {path} does not match its config: {'; '.join(parts)}")
-    model.load_state_dict(state)
+def load_state(model: torch.nn.Module, state: dict, path: str | Path, limit: int = 600) -> None:
+    """Strict ``load_state_dict``; its own report of missing, unexpected and mis-shaped keys becomes an error
+    that names the file (cut at ``limit`` characters: a foreign checkpoint can differ in hundreds of keys)."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        report = " ".join(line.strip() for line in str(e).splitlines()[1:])
+        if len(report) > limit:
+            report = report[:limit] + " ..."
+        raise CheckpointError(f"checkpoint {path} does not match its config: {report}") from None
 
 
 def save_inference_checkpoint(model: AnytimeRetinaNet, path: str | Path, meta: dict | None = None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -19,8 +18,6 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--save-inference", metavar="PATH",
                    help="also write the final model as a small inference checkpoint (config + fp16 weights) here")
-    # Crash-recovery testing: checkpoint at this iteration, then SIGKILL this process.
-    p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -48,7 +45,7 @@ def run(args) -> int:
         t.max_iters = args.max_iters
     t.validate()
     try:
-        summary = train(config, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+        summary = train(config, resume=args.resume, progress=not args.no_progress)
     except CheckpointError as e:
         raise UserError(str(e)) from None
     finally:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from anytime.config import ConfigError, ModelConfig, known_fields, load_model_config
-from anytime.jsonfile import read_json
+from anytime.files import read_json
 
 PAPER_LR, PAPER_BATCH = 0.08, 64  # paper §4.1: lr 0.08 at batch 64, scaled linearly with the batch
 SCHEDULES = ("step", "cosine")

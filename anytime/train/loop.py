@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import random
-import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -394,8 +393,8 @@ class Trainer:
                           num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
                           generator=torch.Generator().manual_seed(mix_seed(cfg.seed, epoch)))  # not the global RNG
 
-    def run(self, stop_after: int | None = None) -> dict:
-        """Train to ``total_iters``; ``stop_after`` (crash tests) SIGKILLs this process after that iteration's checkpoint."""
+    def run(self) -> dict:
+        """Train to ``total_iters``, checkpointing every ``checkpoint_every`` iterations (resume from any of them)."""
         from tqdm import tqdm
 
         cfg, main = self.cfg, self.dist.main
@@ -431,10 +430,8 @@ class Trainer:
                 done = self.iteration >= self.total_iters
                 if done:
                     self.save("last.pt", "final.pt")
-                elif self.iteration % cfg.checkpoint_every == 0 or self.iteration == stop_after:
+                elif self.iteration % cfg.checkpoint_every == 0:
                     self.save("last.pt")
-                if self.iteration == stop_after:
-                    os.kill(os.getpid(), signal.SIGKILL)  # a real kill -9, right after the checkpoint
                 if done:
                     break
         if not done:  # resumed a run that had already finished: nothing to train, still write final.pt
@@ -460,6 +457,6 @@ def _seed_all(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def train(run: RunConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None, dataset=None) -> dict:
+def train(run: RunConfig, resume: bool = False, progress: bool = True, dataset=None) -> dict:
     """Train (or resume) a run to the end and return a summary; see ``Trainer``."""
-    return Trainer(run, resume=resume, progress=progress, dataset=dataset).run(stop_after=stop_after)
+    return Trainer(run, resume=resume, progress=progress, dataset=dataset).run()

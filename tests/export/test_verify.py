@@ -124,3 +124,23 @@ def test_verify_graph_accepts_the_export_and_rejects_another_models_graph():
     other = random_detector(tiny_config(repeats=2, score_thresh=0.9), seed=1, logit_std=0.1)
     with pytest.raises(Mismatch, match="pre-NMS score"):
         verify_graph(model, 2, export_exit(other, 2, with_candidates=True), images, Tolerance())
+
+
+def test_the_served_graph_is_the_verified_graph_without_the_candidate_outputs():
+    """Pruning keeps every node the detections need, including what the NMS branch (an ONNX If) reads from
+    outside its subgraph, so the served file computes exactly what was verified."""
+    import onnx
+    import onnxruntime as ort
+
+    from anytime.export.onnx import OUTPUT_NAMES, served_graph
+
+    model = random_detector(tiny_config(repeats=2, score_thresh=0.9), logit_std=0.1)
+    full = export_exit(model, 2, with_candidates=True)
+    served = served_graph(full)
+    graph = onnx.load_from_string(served).graph
+    assert [o.name for o in graph.output] == list(OUTPUT_NAMES)
+    assert any(n.op_type == "If" for n in graph.node)  # batched NMS, as exported
+    x = torch.randint(0, 256, (3, 3, 128, 128), generator=torch.Generator().manual_seed(2), dtype=torch.uint8).numpy()
+    want = ort.InferenceSession(full).run(list(OUTPUT_NAMES), {"images": x})
+    got = ort.InferenceSession(served).run(None, {"images": x})
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
