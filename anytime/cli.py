@@ -13,11 +13,10 @@ COMMAND_MODULES = [
     "anytime.data.cli",  # data synth
     "anytime.train.cli",  # train
     "anytime.eval.cli",  # eval
-    "anytime.export.cli",  # export, profile
+    "anytime.export.cli",  # export
     "anytime.search.cli",  # search, draw
-    "server.cli",  # triton
-    "server.serve",  # serve
-    "clients.cli",  # detect, evaluate
+    "anytime.serving.cli",  # triton, serve, profile
+    "anytime.clients.cli",  # detect, loadgen
 ]
 
 

@@ -35,11 +35,11 @@ def run(args) -> int:
     from anytime.data import DEFAULT_DATA_DIR
     from anytime.data.synth import ensure_default
     from anytime.export.exporter import ensure_exported
-    from clients.loadgen import loadgen
-    from clients.report import format_table
-    from server import anytime_pb2 as pb
-    from server import anytime_pb2_grpc as pb_grpc
-    from server.stack import ServingStack
+    from anytime.clients.loadgen import loadgen
+    from anytime.clients.report import format_table
+    from anytime.serving.api import anytime_pb2 as pb
+    from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+    from anytime.serving.stack import ServingStack
 
     start = time.perf_counter()
     data = args.data or DEFAULT_DATA_DIR

@@ -27,7 +27,7 @@ def main() -> int:
 
     from anytime.config import DEFAULT_CHECKPOINT
     from anytime.export.exporter import ensure_exported
-    from anytime.export.profile import ProfileSettings, format_table, plot, run_profile
+    from anytime.serving.measure import ProfileSettings, format_table, plot, run_profile
     from anytime.export.repository import read_manifest
     from anytime.train.checkpoint import load_model
 

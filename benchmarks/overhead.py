@@ -58,11 +58,11 @@ def main() -> int:
     from anytime.export.exporter import ensure_exported
     from anytime.export.repository import read_manifest
     from anytime.imaging import decode, letterbox
-    from anytime.serve.profile import LatencyProfile
-    from anytime.serve.scheduler import Request, Scheduler
-    from server import anytime_pb2 as pb
-    from server import anytime_pb2_grpc as pb_grpc
-    from server.stack import ServingStack
+    from anytime.serving.latency import LatencyProfile
+    from anytime.serving.scheduler import Request, Scheduler
+    from anytime.serving.api import anytime_pb2 as pb
+    from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+    from anytime.serving.stack import ServingStack
 
     data = args.data or ensure_default(DEFAULT_DATA_DIR)
     ensure_exported(args.repository, DEFAULT_CHECKPOINT)

@@ -36,9 +36,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anytime.eval.coco_eval import coco_metrics, to_coco_results  # noqa: E402
-from anytime.serve.profile import LatencyProfile  # noqa: E402
-from anytime.serve.scheduler import Scheduler, SchedulerConfig  # noqa: E402
-from anytime.serve.simulate import SimRequest, simulate  # noqa: E402
+from anytime.serving.latency import LatencyProfile  # noqa: E402
+from anytime.serving.scheduler import Scheduler, SchedulerConfig  # noqa: E402
+from anytime.serving.simulate import SimRequest, simulate  # noqa: E402
 
 SIM_POLICIES = ("exit 1", "deepest", "anytime", "greedy+truth", "upper bound")
 REAL_POLICIES = ("exit 1", "deepest", "anytime")
@@ -81,7 +81,7 @@ def per_exit_detections(checkpoint, data_dir, cache: Path):
 
 def measure_samples(repository: Path, runs: int) -> dict[int, np.ndarray]:
     """Batch-1 latency samples (seconds) of every exit through a real Triton, in call order."""
-    from anytime.export.profile import ProfileSettings, run_profile
+    from anytime.serving.measure import ProfileSettings, run_profile
 
     prof = run_profile(repository, ProfileSettings(batch_sizes=(1,), runs=runs, warmup=10, backends=("triton",)),
                        progress=lambda m: print(m, file=sys.stderr))
@@ -139,8 +139,8 @@ def idle_respond_time(address: str, dataset, n: int = 40) -> float:
     """Client-observed seconds beyond the gateway's own total, at idle (transport and answer building)."""
     import grpc
 
-    from server import anytime_pb2 as pb
-    from server import anytime_pb2_grpc as pb_grpc
+    from anytime.serving.api import anytime_pb2 as pb
+    from anytime.serving.api import anytime_pb2_grpc as pb_grpc
 
     gaps = []
     with grpc.insecure_channel(address) as ch:
@@ -169,8 +169,8 @@ def main() -> int:
     from anytime.data.synth import ensure_default
     from anytime.export.exporter import ensure_exported
     from anytime.export.repository import read_manifest
-    from clients.loadgen import evaluate_results, open_dataset, plan_trace, run_setting
-    from server.stack import ServingStack
+    from anytime.clients.loadgen import evaluate_results, open_dataset, plan_trace, run_setting
+    from anytime.serving.stack import ServingStack
 
     data = args.data or ensure_default(DEFAULT_DATA_DIR)
     ensure_exported(args.repository, DEFAULT_CHECKPOINT)

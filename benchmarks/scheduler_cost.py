@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anytime.serve.profile import LatencyProfile  # noqa: E402
-from anytime.serve.scheduler import Rejected, Request, Scheduler, SchedulerConfig  # noqa: E402
+from anytime.serving.latency import LatencyProfile  # noqa: E402
+from anytime.serving.scheduler import Rejected, Request, Scheduler, SchedulerConfig  # noqa: E402
 
 QUEUE_LENGTHS = (0, 16, 64, 256)
 

@@ -100,3 +100,14 @@ def export_tiny_detector(out, exits: int = 3) -> None:
 def export_tiny():
     """Factory: ``export_tiny(out_dir, exits=3)`` writes a tiny exported repository."""
     return export_tiny_detector
+
+
+@pytest.fixture(scope="session")
+def tiny_stack(tmp_path_factory):
+    """A real Triton and gateway on loopback serving a tiny 3-exit model (shared by the client tests)."""
+    from anytime.serving.stack import ServingStack
+
+    repo = tmp_path_factory.mktemp("tiny-stack") / "repo"
+    export_tiny_detector(repo)
+    with ServingStack(repo) as s:
+        yield s

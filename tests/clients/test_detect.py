@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from anytime.cli import main
-from server.stack import ServingStack
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, export_tiny):
-    repo = tmp_path_factory.mktemp("detect") / "repo"
-    export_tiny(repo)
-    with ServingStack(repo) as s:
-        yield s
+def stack(tiny_stack):
+    return tiny_stack
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_missing_image_is_a_user_error(stack, tmp_path, capsys):
 
 
 def test_unreachable_server_is_unavailable(image, capsys):
-    from server.triton import free_ports
+    from anytime.serving.triton import free_ports
 
     (port,) = free_ports(1)
     assert main(["detect", str(image), "--server", f"127.0.0.1:{port}", "--deadline-ms", "3000"]) == 1
@@ -102,3 +103,55 @@ def test_token_is_sent_as_bearer_metadata(stack, image, capsys):
         stack.stop_gateway()
         stack.gateway_args = ()
         stack.start_gateway()
+
+
+# grpcio, protobuf, numpy, Pillow, and what pip installs with them (grpcio requires typing-extensions)
+THIN_PACKAGES = ("grpc", "grpcio-*.dist-info", "typing_extensions.py", "typing_extensions-*.dist-info", "google",
+                 "protobuf-*.dist-info", "numpy", "numpy.libs", "numpy-*.dist-info", "PIL", "pillow.libs",
+                 "pillow-*.dist-info")
+
+
+@pytest.fixture(scope="module")
+def thin_site(tmp_path_factory):
+    """A site directory holding only grpcio, protobuf, numpy and Pillow with their dependencies (links into this
+    venv's copies): what a fresh virtual environment with those four packages has. No torch, no tritonclient, no
+    anytime install."""
+    import glob
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    thin = tmp_path_factory.mktemp("thin-site")
+    for pattern in THIN_PACKAGES:
+        matches = glob.glob(str(site / pattern))
+        assert matches, f"{pattern} not in {site}"
+        for m in matches:
+            (thin / Path(m).name).symlink_to(m)
+    return thin
+
+
+def _run_thin(thin: Path, *args: str, code: str | None = None) -> subprocess.CompletedProcess:
+    """Run clients/detect.py (or ``code``) with Python's standard library and the thin site only (``-S``: no
+    site-packages of this venv)."""
+    boot = (f"import runpy, sys; sys.path.insert(0, {str(thin)!r}); "
+            + (code or f"sys.argv = [{str(ROOT / 'clients' / 'detect.py')!r}, *{list(args)!r}]; "
+                       f"runpy.run_path(sys.argv[0], run_name='__main__')"))
+    return subprocess.run([sys.executable, "-S", "-c", boot], capture_output=True, text=True, timeout=120, cwd="/")
+
+
+def test_the_thin_site_has_no_model_stack(thin_site):
+    for name in ("torch", "tritonclient", "onnxruntime"):
+        r = _run_thin(thin_site, code=f"import {name}")
+        assert r.returncode != 0 and "ModuleNotFoundError" in r.stderr, name
+
+
+def test_the_thin_client_runs_with_grpc_protobuf_numpy_and_pillow_only(stack, image, thin_site, tmp_path):
+    out = tmp_path / "drawn.png"
+    r = _run_thin(thin_site, str(image), "--server", stack.address, "--budget-ms", "1000", "--json", "--draw", str(out))
+    assert r.returncode == 0, r.stderr
+    answer = json.loads(r.stdout)
+    assert answer["exit"] == 3 and answer["detections"] and answer["client_ms"] > 0
+    assert out.exists()
+    r = _run_thin(thin_site, str(image), "--server", stack.address, "--budget-ms", "1000")
+    assert r.returncode == 0 and "exit 3 of [1, 2, 3]" in r.stdout and "client:" in r.stdout
+    r = _run_thin(thin_site, str(tmp_path / "missing.png"), "--server", stack.address)
+    assert r.returncode == 2 and "cannot read image" in r.stderr

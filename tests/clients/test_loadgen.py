@@ -8,8 +8,7 @@ import json
 import pytest
 
 from anytime.cli import main
-from clients.loadgen import SettingResult, evaluate_results, loadgen, open_dataset, parse_budget, run_setting
-from server.stack import ServingStack
+from anytime.clients.loadgen import SettingResult, evaluate_results, loadgen, open_dataset, parse_budget, run_setting
 
 N_VAL = 12
 
@@ -23,11 +22,8 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, export_tiny):
-    repo = tmp_path_factory.mktemp("loadgen") / "repo"
-    export_tiny(repo)
-    with ServingStack(repo) as s:
-        yield s
+def stack(tiny_stack):
+    return tiny_stack
 
 
 def test_generous_budgets_answer_everything(stack, data, tmp_path):
@@ -72,7 +68,7 @@ def test_run_setting_with_a_budget_distribution(stack, data):
 
 
 def test_unreachable_gateway_is_a_user_error(data, tmp_path, capsys):
-    from server.triton import free_ports
+    from anytime.serving.triton import free_ports
 
     (port,) = free_ports(1)
     code = main(["loadgen", "--server", f"127.0.0.1:{port}", "--data", str(data), "--budgets-ms", "100",
@@ -82,7 +78,7 @@ def test_unreachable_gateway_is_a_user_error(data, tmp_path, capsys):
 
 def test_evaluate_results_scores_perfect_answers_as_one(data):
     """The AP bookkeeping itself: ground-truth boxes as answers score 1; an unanswered half scores less."""
-    from clients.loadgen import RequestRecord
+    from anytime.clients.loadgen import RequestRecord
 
     dataset = open_dataset(data)
     coco = dataset.coco
@@ -104,7 +100,7 @@ def test_evaluate_results_scores_perfect_answers_as_one(data):
 
 def test_late_answers_are_misses_on_the_clients_clock_and_earn_no_ap_at_budget(data):
     """The gateway said budget_met, but the answer reached the client after the budget: a miss."""
-    from clients.loadgen import RequestRecord
+    from anytime.clients.loadgen import RequestRecord
 
     dataset = open_dataset(data)
     coco = dataset.coco

@@ -15,7 +15,7 @@ from anytime.cli import main
 from anytime.export.repository import read_manifest
 from anytime.testing import assert_valid_detections, random_detector, tiny_config
 from anytime.train.checkpoint import save_inference_checkpoint
-from server.triton import TritonServer, free_ports
+from anytime.serving.triton import TritonServer, free_ports
 
 NAMES = ("boxes", "scores", "labels", "num_detections")
 

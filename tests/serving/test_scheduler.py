@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-from anytime.serve.profile import LatencyProfile
-from anytime.serve.scheduler import (DEADLINE_EXCEEDED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, Rejected, Request,
+from anytime.serving.latency import LatencyProfile
+from anytime.serving.scheduler import (DEADLINE_EXCEEDED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, Rejected, Request,
                                      Scheduler, SchedulerConfig)
-from anytime.serve.simulate import SimRequest, simulate
+from anytime.serving.simulate import SimRequest, simulate
 
 MS = 1e-3
 

@@ -1,6 +1,6 @@
 """Runs a real ``tritonserver`` process (the one bundled in the nvidia-pytriton wheel) and keeps it alive.
 
-The bundled server needs some setup that pytriton normally hides (see FACTS.md): the python-backend stub
+The bundled server needs some setup that pytriton normally hides: the python-backend stub
 for the running CPython copied next to ``libtriton_python.so``, ``python3`` of this interpreter first on
 PATH, this interpreter's libpython on LD_LIBRARY_PATH, and the GPU-only features switched off on machines
 without a GPU. ``TritonServer`` does all of that, logs to a file, waits for readiness over HTTP, stops

@@ -1,18 +1,23 @@
-"""Latency profiles of every exit: through Triton (what the scheduler plans with), ONNX Runtime and PyTorch.
+"""Measured latency of every exit: through Triton (what the scheduler plans with), ONNX Runtime and PyTorch.
 
 Each backend is timed on the same random uint8 batches, one backend at a time, so the ratios between them come
 from one run on one machine. Results are quantiles in milliseconds per (exit, batch size); batch-1 samples are
-kept so the scheduler and the benchmarks can replay the measured distribution.
+kept so the scheduler and the benchmarks can replay the measured distribution. ``time_triton`` is the one timing
+of Triton calls: ``anytime profile`` and the gateway's start-up calibration both use it.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
+import inspect
 import platform
 import time
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 import numpy as np
+
+OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
 
 KEEP_SAMPLES = 200
 
@@ -50,17 +55,6 @@ class Timings:
         return {"exits": out}
 
 
-def _time(fn, runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def _batch(size: int, batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (batch, 3, size, size), dtype=np.uint8)
 
@@ -75,7 +69,8 @@ def profile_onnxruntime(repository, manifest: dict, settings: ProfileSettings, p
                                        providers=["CPUExecutionProvider"])
         for b in settings.batch_sizes:
             x = _batch(size, b)
-            t.add(e["exit"], b, _time(lambda: session.run(None, {"images": x}), settings.runs, settings.warmup))
+            t.add(e["exit"], b, asyncio.run(time_calls(lambda: session.run(None, {"images": x}), settings.runs,
+                                                       settings.warmup)))
         progress(f"onnxruntime: exit {e['exit']} done")
     return t
 
@@ -94,40 +89,77 @@ def profile_pytorch(model, manifest: dict, settings: ProfileSettings, progress=p
                 with torch.inference_mode():
                     model(x, exit=e["exit"])
 
-            t.add(e["exit"], b, _time(run, settings.runs, settings.warmup))
+            t.add(e["exit"], b, asyncio.run(time_calls(run, settings.runs, settings.warmup)))
         progress(f"pytorch: exit {e['exit']} done")
     return t
+
+
+async def infer_exit(client, model: str, pixels: np.ndarray, timeout: float | None = None) -> dict[str, np.ndarray]:
+    """One call of an exported exit through tritonclient's asyncio gRPC client: uint8 images in, detections out."""
+    import tritonclient.grpc.aio as triton_aio
+
+    inp = triton_aio.InferInput("images", list(pixels.shape), "UINT8")
+    inp.set_data_from_numpy(pixels)
+    result = await client.infer(model, [inp], outputs=[triton_aio.InferRequestedOutput(n) for n in OUTPUT_NAMES],
+                                client_timeout=timeout)
+    return {n: result.as_numpy(n) for n in OUTPUT_NAMES}
+
+
+async def time_calls(call: Callable[[], Awaitable | object], runs: int, warmup: int) -> list[float]:
+    """Seconds per call of ``call`` (a coroutine function or a plain one), one at a time, after ``warmup``
+    untimed calls (caches, thread pools). The one timing loop of the project: Triton, ONNX Runtime and PyTorch
+    are timed by it, here and in the gateway's calibration."""
+    for _ in range(warmup):
+        if inspect.isawaitable(r := call()):
+            await r
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        if inspect.isawaitable(r := call()):
+            await r
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def time_triton(client, models: dict[int, str], image_size: int, runs: int, warmup: int = 5,
+                      batch: int = 1, timeout: float = 30.0) -> dict[int, list[float]]:
+    """Seconds per call of every exit (``models``: exit -> Triton model name) at one batch size."""
+    x = _batch(image_size, batch)
+    return {exit: await time_calls(lambda m=name: infer_exit(client, m, x, timeout), runs, warmup)
+            for exit, name in sorted(models.items())}
 
 
 def profile_triton(url: str, manifest: dict, settings: ProfileSettings, progress=print) -> tuple[Timings, dict]:
     """Latency per (exit, batch) with client-side batches, and throughput of concurrent batch-1 requests
     (Triton's dynamic batcher merges them) against sequential batch-1 requests."""
-    import tritonclient.grpc as grpcclient
+    return asyncio.run(_profile_triton(url, manifest, settings, progress))
 
-    client = grpcclient.InferenceServerClient(url)
+
+async def _profile_triton(url: str, manifest: dict, settings: ProfileSettings, progress) -> tuple[Timings, dict]:
+    import tritonclient.grpc.aio as triton_aio
+
+    client = triton_aio.InferenceServerClient(url)
     size = manifest["image_size"]
-    outputs = [grpcclient.InferRequestedOutput(n) for n in ("boxes", "scores", "labels", "num_detections")]
-
-    def infer(model: str, x: np.ndarray):
-        inp = grpcclient.InferInput("images", list(x.shape), "UINT8")
-        inp.set_data_from_numpy(x)
-        return client.infer(model, [inp], outputs=outputs)
-
     t, dynamic = Timings(), {}
-    for e in manifest["exits"]:
-        for b in settings.batch_sizes:
-            x = _batch(size, b)
-            t.add(e["exit"], b, _time(lambda: infer(e["model"], x), settings.runs, settings.warmup))
-        # Dynamic batching: `concurrency` batch-1 requests kept in flight, from a thread pool.
-        x1 = _batch(size, 1)
-        n = settings.runs * 2
-        with concurrent.futures.ThreadPoolExecutor(settings.concurrency) as pool:
-            list(pool.map(lambda _: infer(e["model"], x1), range(settings.concurrency)))  # warm up
+    try:
+        for e in manifest["exits"]:
+            model = {e["exit"]: e["model"]}
+            for b in settings.batch_sizes:
+                t.add(e["exit"], b, (await time_triton(client, model, size, settings.runs, settings.warmup, b))[e["exit"]])
+            # Dynamic batching: `concurrency` batch-1 requests kept in flight at once.
+            x1, n = _batch(size, 1), settings.runs * 2
+            pending = asyncio.Semaphore(settings.concurrency)
+
+            async def one():
+                async with pending:
+                    await infer_exit(client, e["model"], x1)
+            await asyncio.gather(*(one() for _ in range(settings.concurrency)))  # warm up
             t0 = time.perf_counter()
-            list(pool.map(lambda _: infer(e["model"], x1), range(n)))
+            await asyncio.gather(*(one() for _ in range(n)))
             dynamic[e["exit"]] = {"concurrency": settings.concurrency, "images_per_s": n / (time.perf_counter() - t0)}
-        progress(f"triton: exit {e['exit']} done")
-    client.close()
+            progress(f"triton: exit {e['exit']} done")
+    finally:
+        await client.close()
     return t, dynamic
 
 
@@ -144,7 +176,7 @@ def run_profile(repository, settings: ProfileSettings, triton_url: str | None = 
               "runs": settings.runs, "batch_sizes": list(settings.batch_sizes)}
     if "triton" in settings.backends:
         if triton_url is None:
-            from server.triton import TritonServer, free_ports
+            from anytime.serving.triton import TritonServer, free_ports
 
             http, grpc_port, metrics = free_ports(3)
             with TritonServer(repository, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as server:

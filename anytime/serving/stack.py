@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.triton import TritonServer, free_ports
+from anytime.serving.triton import TritonServer, free_ports
 
 
 class ServingStack:

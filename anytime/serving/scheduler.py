@@ -29,8 +29,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from anytime.serve.edf import SlackTree
-from anytime.serve.profile import LatencyProfile
+from anytime.serving.edf import SlackTree
+from anytime.serving.latency import LatencyProfile
 
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"

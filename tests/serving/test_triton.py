@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from anytime.export.repository import model_name, write_manifest, write_model_dir
-from server.triton import TritonServer, TritonServerError, free_ports, port_is_free
+from anytime.serving.triton import TritonServer, TritonServerError, free_ports, port_is_free
 
 S, D = 64, 5
 MODELS = [model_name(0), model_name(1)]
@@ -196,7 +196,7 @@ def test_cli_errors_on_missing_or_empty_repository(tmp_path):
     import argparse
 
     from anytime.cli import UserError
-    from server import cli
+    from anytime.serving import cli
 
     parser = argparse.ArgumentParser()
     cli.add_parsers(parser.add_subparsers())
@@ -279,7 +279,7 @@ def _live_members(pgid: int) -> list[int]:
 def test_a_missing_pytriton_is_a_clear_error_and_nothing_is_installed(monkeypatch):
     import importlib.util
 
-    import server.triton as triton_mod
+    import anytime.serving.triton as triton_mod
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None)
     monkeypatch.setattr(subprocess, "check_call", lambda *a, **k: pytest.fail(f"ran {a}: installing at run time"))

@@ -7,31 +7,21 @@ import json
 import sys
 from pathlib import Path
 
-from clients.detect import DEFAULT_SERVER
+from anytime.clients.detect import add_arguments, add_connection_arguments
 
 
 def add_parsers(subparsers) -> None:
     p = subparsers.add_parser("detect", help="detect objects in one image through the gateway",
                               description="Send one image (JPEG/PNG as is, other formats re-encoded to PNG) to the "
                                           "gateway with a latency budget and print what came back.")
-    p.add_argument("image", type=Path, help="image file (any format Pillow reads)")
-    _connection_args(p)
-    p.add_argument("--budget-ms", type=float, default=0.0,
-                   help="latency budget in ms (default: none, so the gateway's default budget)")
-    p.add_argument("--deadline-ms", type=float, default=None, help="gRPC deadline in ms (default: none)")
-    p.add_argument("--min-exit", type=int, default=0, help="shallowest exit allowed (default: the first)")
-    p.add_argument("--max-exit", type=int, default=0, help="deepest exit allowed (default: the last)")
-    p.add_argument("--score-threshold", type=float, default=0.0,
-                   help="drop detections scoring below this (default: the model's own threshold)")
-    p.add_argument("--json", action="store_true", help="print only the response as JSON")
-    p.add_argument("--draw", type=Path, metavar="OUT.png", help="write the image with the detections drawn")
+    add_arguments(p)
     p.set_defaults(func=run_detect)
 
     p = subparsers.add_parser("loadgen", help="stream a COCO dataset through the gateway open loop and score it",
                               description="For each budget setting and rate, send distinct images at Poisson "
                                           "arrivals without waiting for answers; report statuses, budget-met rate, "
                                           "latency, exits used and COCO AP (failed requests count as no detections).")
-    _connection_args(p)
+    add_connection_arguments(p)
     p.add_argument("--data", type=Path, help="COCO-format dataset root (default: data/synth, generated if absent)")
     p.add_argument("--split", default="val", help="dataset split (default: %(default)s)")
     budgets = p.add_mutually_exclusive_group()
@@ -47,52 +37,14 @@ def add_parsers(subparsers) -> None:
     p.set_defaults(func=run_loadgen)
 
 
-def _connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=DEFAULT_SERVER, metavar="HOST:PORT", help="gateway address (default: %(default)s)")
-    p.add_argument("--token", default=None, help="bearer token, for a gateway started with --token")
-    p.add_argument("--tls-ca", type=Path, default=None, metavar="FILE",
-                   help="PEM CA certificate: connect with TLS, verified against it")
-
-
-def _check_tls_ca(args) -> None:
-    from anytime.cli import UserError
-
-    if args.tls_ca is not None and not args.tls_ca.is_file():
-        raise UserError(f"--tls-ca {args.tls_ca}: no such file")
-
-
 def run_detect(args: argparse.Namespace) -> int:
-    import grpc
-
     from anytime.cli import UserError
-    from clients.detect import detect, draw_detections, format_response, image_bytes, response_dict
+    from anytime.clients.detect import ClientError, run
 
-    _check_tls_ca(args)
-    if args.deadline_ms is not None and args.deadline_ms <= 0:
-        raise UserError(f"--deadline-ms must be > 0, got {args.deadline_ms:g}")
     try:
-        data = image_bytes(args.image)
-    except OSError as e:
-        raise UserError(f"cannot read image {args.image}: {e.strerror or e}") from None
-    try:
-        response = detect(args.server, data, args.budget_ms, min_exit=args.min_exit, max_exit=args.max_exit,
-                          score_threshold=args.score_threshold, deadline_ms=args.deadline_ms, token=args.token,
-                          tls_ca=args.tls_ca, request_id=args.image.name)
-    except grpc.RpcError as e:
-        print(f"anytime detect: error: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
-    if args.draw:
-        try:
-            draw_detections(args.image, response, args.draw)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot draw onto {args.image} or write {args.draw}: {e}") from None
-    if args.json:
-        print(json.dumps(response_dict(response)))
-    else:
-        print(format_response(response, args.image.name))
-        if args.draw:
-            print(f"drawn: {args.draw}")
-    return 0
+        return run(args, prog="anytime detect")
+    except ClientError as e:
+        raise UserError(str(e)) from None
 
 
 def _numbers(text: str, what: str) -> list[float]:
@@ -111,10 +63,14 @@ def run_loadgen(args: argparse.Namespace) -> int:
     import contextlib
 
     from anytime.cli import UserError
-    from clients.loadgen import loadgen
-    from clients.report import format_table
+    from anytime.clients.detect import ClientError, check_tls_ca
+    from anytime.clients.loadgen import loadgen
+    from anytime.clients.report import format_table
 
-    _check_tls_ca(args)
+    try:
+        check_tls_ca(args.tls_ca)
+    except ClientError as e:
+        raise UserError(str(e)) from None
     budgets = _numbers(args.budgets_ms, "--budgets-ms") if args.budgets_ms else None
     rates = _numbers(args.rates, "--rates")
     if any(not r > 0 for r in rates):

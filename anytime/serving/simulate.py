@@ -12,7 +12,7 @@ import heapq
 import itertools
 from dataclasses import dataclass
 
-from anytime.serve.scheduler import Rejected, Request, Scheduler
+from anytime.serving.scheduler import Rejected, Request, Scheduler
 
 
 @dataclass

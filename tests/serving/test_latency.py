@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from anytime.serve.profile import LatencyProfile
+from anytime.serving.latency import LatencyProfile
 
 MS = 1e-3
 BASE_MS = {1: 10.0, 2: 12.0, 3: 14.0, 4: 16.0}

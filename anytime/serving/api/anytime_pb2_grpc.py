@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from server import anytime_pb2 as anytime__pb2
+from . import anytime_pb2 as anytime__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__

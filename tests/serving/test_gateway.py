@@ -15,11 +15,11 @@ from PIL import Image
 
 from anytime.export.exporter import export_repository
 from anytime.testing import assert_same_detections, random_detector, tiny_config
-from server import anytime_pb2 as pb
-from server import anytime_pb2_grpc as pb_grpc
+from anytime.serving.api import anytime_pb2 as pb
+from anytime.serving.api import anytime_pb2_grpc as pb_grpc
 from anytime.imaging import boxes_to_original
-from server.images import to_model_input
-from server.stack import ServingStack
+from anytime.serving.gateway import prepare_image
+from anytime.serving.stack import ServingStack
 
 EXITS = 6  # many cheap exits, so the deepest one is clearly slower than the first
 
@@ -62,7 +62,7 @@ def test_detections_equal_the_exported_models(stub, model, repo):
     r = stub.Detect(pb.DetectRequest(encoded=data, budget_ms=10_000, request_id="x1"))
     assert r.exit == EXITS and list(r.exits_available) == list(range(1, EXITS + 1))
     assert r.budget_met and r.request_id == "x1" and r.timing.total_ms > 0
-    pixels, scale = to_model_input(Image.open(io.BytesIO(data)), model.cfg.image_size)
+    pixels, scale, _ = prepare_image(pb.DetectRequest(encoded=data), model.cfg.image_size, 10**8)
     session = ort.InferenceSession(str(repo / f"anytime_exit{EXITS}" / "1" / "model.onnx"))
     boxes, scores, labels, count = session.run(None, {"images": pixels})
     n = int(count[0])
@@ -306,7 +306,7 @@ def test_the_token_is_compared_in_constant_time(monkeypatch):
     """A byte-by-byte ``==`` leaks how much of a guessed token is right through timing."""
     import hmac
 
-    from server import gateway
+    from anytime.serving import gateway
 
     calls = []
     real = hmac.compare_digest
@@ -329,7 +329,7 @@ def _metric(stack, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
-def _photo(h=480, w=640, seed=0) -> bytes:
+def _photo(h=240, w=320, seed=0) -> bytes:
     """A JPEG like a camera's: smooth content, some texture (decoding it costs a few ms)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w]
@@ -359,19 +359,20 @@ def test_a_burst_of_200_at_ten_times_capacity_decodes_only_what_it_admits(heavy_
                 t0 = time.perf_counter()
                 try:
                     r = await stub.Detect(pb.DetectRequest(encoded=photo), timeout=budget / 1e3)
-                    return "OK", (time.perf_counter() - t0) * 1e3 <= budget, r.budget_met
+                    return "OK", (time.perf_counter() - t0) * 1e3 <= budget, r.budget_met, ""
                 except grpc.aio.AioRpcError as e:
-                    return e.code().name, False, False
+                    return e.code().name, False, False, e.details() or ""
             return await asyncio.gather(*(one() for _ in range(200)))
     results = asyncio.run(burst())
     decoded = _metric(heavy_stack, "anytime_images_decoded_total") - decoded_before
-    codes = [c for c, _, _ in results]
-    ok = [(client_met, server_met) for c, client_met, server_met in results if c == "OK"]
-    shed = codes.count("RESOURCE_EXHAUSTED")
-    assert shed >= 100 and len(ok) >= 5, (p50, budget, sorted(set(codes)))
-    assert decoded <= 200 - shed, (decoded, shed)  # a shed request never reached the decoder
-    assert sum(s for _, s in ok) >= 0.9 * len(ok), (p50, budget, ok)  # the gateway's clock
-    assert sum(c for c, _ in ok) >= 0.9 * len(ok), (p50, budget, ok)  # the client's: transport included
+    ok = [(client_met, server_met) for code, client_met, server_met, _ in results if code == "OK"]
+    # refused at admission: overload, or a budget that even exit 1 cannot fit (what is left of it on arrival)
+    refused = [m for code, _, _, m in results if code == "RESOURCE_EXHAUSTED" or "below the fastest exit" in m]
+    summary = (p50, budget, sorted({(code, m[:60]) for code, _, _, m in results}))
+    assert len(refused) >= 100 and len(ok) >= 5, summary
+    assert decoded <= 200 - len(refused), (decoded, len(refused))  # a refused request never reached the decoder
+    assert sum(s for _, s in ok) >= 0.9 * len(ok), (summary, ok)  # the gateway's clock
+    assert sum(c for c, _ in ok) >= 0.9 * len(ok), (summary, ok)  # the client's: transport included
 
 
 @pytest.fixture(scope="module")
@@ -380,8 +381,8 @@ def in_process(repo):
     can reach inside it (to inject a fault, to look at its queue)."""
     import threading
 
-    from server.gateway import Gateway, GatewayConfig
-    from server.triton import TritonServer, free_ports
+    from anytime.serving.gateway import Gateway, GatewayConfig
+    from anytime.serving.triton import TritonServer, free_ports
 
     http, grpc_port, metrics = free_ports(3)
     with TritonServer(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as triton:
@@ -439,3 +440,48 @@ def test_cancelling_a_stream_drops_its_queued_and_decoding_items(in_process):
     assert in_process.scheduler.queued == 0
     time.sleep(1.0)
     assert in_process.metrics.decoded._value.get() - decoded_before < 20  # the waiting ones never decoded
+
+
+def test_served_input_is_bit_equal_to_the_evaluated_input():
+    """The gateway's preprocessing and ``anytime eval``'s transform are one function: same bytes in, same pixels."""
+    from anytime.data.transforms import eval_transform
+    from anytime.serving.gateway import prepare_image
+
+    rng = np.random.default_rng(3)
+    for h, w in [(150, 200), (288, 224), (256, 256), (31, 97)]:
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+        served, scale, size = prepare_image(pb.DetectRequest(encoded=buf.getvalue()), 128, 10**8)
+        evaluated, t = eval_transform(128)(Image.open(io.BytesIO(buf.getvalue())), _empty_target())
+        assert served.shape == (1, 3, 128, 128) and np.array_equal(served[0], evaluated.numpy())
+        assert scale == t["scale"] and size == (h, w)
+
+
+def _empty_target():
+    import torch
+
+    return {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+
+
+def test_the_manifests_measured_profile_is_the_prior_when_a_spot_check_confirms_it(repo, tmp_path):
+    """``anytime profile`` stores latencies in the manifest; a gateway on the same endpoint takes them (after a
+    few checking calls) instead of calibrating; a profile that does not fit the endpoint is replaced."""
+    import shutil
+
+    from anytime.cli import main
+    from anytime.export.repository import read_manifest, write_manifest
+
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    assert main(["profile", "--repository", str(copy), "--backends", "triton", "--batch-sizes", "1", "--runs", "20",
+                 "--out", str(tmp_path / "profile")]) == 0
+
+    def prior() -> str:
+        with ServingStack(copy) as s, grpc.insecure_channel(s.address) as ch:
+            return pb_grpc.DetectorStub(ch).GetModelInfo(pb.ModelInfoRequest()).endpoints[0].prior
+    assert prior() == "manifest"
+    manifest = read_manifest(copy)
+    for per_batch in manifest["latency_profile"]["triton"]["exits"].values():
+        per_batch["1"]["samples_ms"] = [50 * x for x in per_batch["1"]["samples_ms"]]  # another, far slower machine
+    write_manifest(copy, manifest)
+    assert prior() == "calibrated"

@@ -103,14 +103,16 @@ class ExitProfile(_message.Message):
     def __init__(self, exit: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ...) -> None: ...
 
 class EndpointInfo(_message.Message):
-    __slots__ = ("address", "ready", "profile")
+    __slots__ = ("address", "ready", "profile", "prior")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_FIELD_NUMBER: _ClassVar[int]
     address: str
     ready: bool
     profile: _containers.RepeatedCompositeFieldContainer[ExitProfile]
-    def __init__(self, address: _Optional[str] = ..., ready: _Optional[bool] = ..., profile: _Optional[_Iterable[_Union[ExitProfile, _Mapping]]] = ...) -> None: ...
+    prior: str
+    def __init__(self, address: _Optional[str] = ..., ready: _Optional[bool] = ..., profile: _Optional[_Iterable[_Union[ExitProfile, _Mapping]]] = ..., prior: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("exits", "image_size", "class_names", "category_ids", "endpoints", "default_budget_ms")

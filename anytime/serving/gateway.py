@@ -2,7 +2,7 @@
 budget allows, dispatching to one or more Triton servers through tritonclient's asyncio gRPC client.
 
 The budget of a request is the smaller of its gRPC deadline's remaining time and its explicit ``budget_ms``
-(the configured default when it has neither). ``anytime.serve.scheduler`` decides admission, order and exit;
+(the configured default when it has neither). ``anytime.serving.scheduler`` decides admission, order and exit;
 this module does the I/O: decoding, Triton calls, health, metrics, auth and shutdown.
 """
 
@@ -24,14 +24,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.utils import InferenceServerException
 
-from anytime.imaging import boxes_to_original
+from anytime.imaging import BadImage, boxes_to_original, decode, from_pixels, letterbox
 from anytime.export.repository import read_manifest
-from anytime.serve.profile import LatencyProfile
-from anytime.serve.scheduler import Rejected, Request, Scheduler, SchedulerConfig
-from server import anytime_pb2 as pb
-from server import anytime_pb2_grpc as pb_grpc
-from server.images import BadImage, decode, to_model_input
-from server.metrics import GatewayMetrics
+from anytime.serving.latency import LatencyProfile
+from anytime.serving.measure import infer_exit, time_triton
+from anytime.serving.scheduler import Rejected, Request, Scheduler, SchedulerConfig
+from anytime.serving.api import anytime_pb2 as pb
+from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+from anytime.serving.metrics import GatewayMetrics
 
 log = logging.getLogger("anytime.gateway")
 SERVICE_NAME = "anytime.v1.Detector"
@@ -53,7 +53,12 @@ class GatewayConfig:
     token: str | None = None  # bearer token required on Detector calls (health and reflection stay open)
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    calibration_runs: int = 20  # latency samples per exit and endpoint taken at start-up
+    calibration_runs: int = 20  # latency samples per exit and endpoint when the manifest's profile does not hold
+    spot_check_runs: int = 5  # calls per exit that check the manifest's profile against the endpoint
+    # The profile holds when every exit's spot median is within this factor of it. Generous on purpose: the prior
+    # only starts the latency model, which then follows the endpoint within seconds; what the check must catch
+    # is a profile from another machine or model (several times off), not noise.
+    spot_check_tolerance: float = 2.0
     health_interval_s: float = 0.5
     decode_workers: int = 2  # images decoded at once; admitted requests beyond wait their turn (in order)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -81,6 +86,7 @@ class Gateway(pb_grpc.DetectorServicer):
         self.metrics = GatewayMetrics()
         self.clients: dict[str, triton_aio.InferenceServerClient] = {}
         self.scheduler: Scheduler | None = None
+        self.priors: dict[str, str] = {}  # endpoint -> where its latency prior came from ("manifest", "calibrated")
         self._tasks: set[asyncio.Task] = set()
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -93,7 +99,7 @@ class Gateway(pb_grpc.DetectorServicer):
     # -- start-up -----------------------------------------------------------------------------------------
     async def start(self) -> "Gateway":
         # Warm the decode/resize path once so the first request does not pay for lazy imports and allocations.
-        await asyncio.get_running_loop().run_in_executor(self._decoder, to_model_input, _blank_image(self.image_size),
+        await asyncio.get_running_loop().run_in_executor(self._decoder, letterbox, _blank_image(self.image_size),
                                                          self.image_size)
         profiles = {}
         for address in self.config.endpoints:
@@ -108,23 +114,30 @@ class Gateway(pb_grpc.DetectorServicer):
         return self
 
     async def _calibrate(self, address: str, client) -> LatencyProfile:
-        """Measure this endpoint's latency per exit (batch 1): the scheduler's prior for it."""
-        probe = np.zeros((1, 3, self.image_size, self.image_size), np.uint8)
-        prior = {}
-        for exit in self.exits:
-            samples = []
-            for i in range(self.config.calibration_runs + 5):
-                t0 = time.perf_counter()
-                try:
-                    await self._infer(client, exit, probe, timeout=30.0)
-                except InferenceServerException as e:
-                    raise RuntimeError(f"endpoint {address}: exit {exit} failed during calibration: {e.message()}") from None
-                if i >= 5:  # the first calls warm caches and thread pools
-                    samples.append((time.perf_counter() - t0) * 1000)
-            prior[exit] = {1: {"samples_ms": samples}}
-            log.info("endpoint %s exit %d: p50 %.1f ms, p95 %.1f ms", address, exit,
-                     np.percentile(samples, 50), np.percentile(samples, 95))
-        return LatencyProfile(prior, quantile=self.config.scheduler.quantile)
+        """This endpoint's latency prior: the manifest's measured profile (``anytime profile``) when a quick spot
+        check says the endpoint still runs at that speed, else ``calibration_runs`` fresh calls per exit."""
+        c = self.config
+        try:
+            manifest = _manifest_samples(self.manifest, self.exits)
+            if manifest is not None:
+                spot = await time_triton(client, self.models, self.image_size, c.spot_check_runs, warmup=2)
+                off = {e: float(np.median(spot[e])) * 1e3 / float(np.median(manifest[e])) for e in self.exits}
+                if all(1 / c.spot_check_tolerance <= r <= c.spot_check_tolerance for r in off.values()):
+                    log.info("endpoint %s: the manifest's latency profile holds (spot check / profile: %s)", address,
+                             ", ".join(f"exit {e} {r:.2f}" for e, r in off.items()))
+                    self.priors[address] = "manifest"
+                    return LatencyProfile.from_samples(manifest, quantile=c.scheduler.quantile)
+                log.info("endpoint %s: the manifest's profile is off (spot check / profile: %s); calibrating", address,
+                         ", ".join(f"exit {e} {r:.2f}" for e, r in off.items()))
+            samples = await time_triton(client, self.models, self.image_size, c.calibration_runs, warmup=5)
+        except InferenceServerException as e:
+            raise RuntimeError(f"endpoint {address}: calibration failed: {e.message()}") from None
+        self.priors[address] = "calibrated"
+        for exit, s in samples.items():
+            log.info("endpoint %s exit %d: p50 %.1f ms, p95 %.1f ms", address, exit, np.percentile(s, 50) * 1e3,
+                     np.percentile(s, 95) * 1e3)
+        return LatencyProfile.from_samples({e: [x * 1e3 for x in s] for e, s in samples.items()},
+                                           quantile=c.scheduler.quantile)
 
     async def _serve(self) -> None:
         c = self.config
@@ -254,7 +267,7 @@ class Gateway(pb_grpc.DetectorServicer):
         for address in self.config.endpoints:
             prof = self.scheduler.profiles[address]
             endpoints.append(pb.EndpointInfo(
-                address=address, ready=address in self.scheduler.available,
+                address=address, ready=address in self.scheduler.available, prior=self.priors.get(address, ""),
                 profile=[pb.ExitProfile(exit=e, p50_ms=prof.predict(e, 1, 0.5) * 1e3, p95_ms=prof.predict(e, 1, 0.95) * 1e3)
                          for e in self.exits]))
         return pb.ModelInfo(exits=self.exits, image_size=self.image_size, class_names=self.class_names,
@@ -355,11 +368,7 @@ class Gateway(pb_grpc.DetectorServicer):
 
     def _prepare(self, request) -> tuple[np.ndarray, float, tuple[int, int]]:
         self.metrics.decoded.inc()
-        which = request.WhichOneof("image")
-        image = decode(request.encoded if which == "encoded" else None, request.raw if which == "raw" else None,
-                       self.config.max_image_pixels)
-        pixels, scale = to_model_input(image, self.image_size)
-        return pixels, scale, (image.height, image.width)
+        return prepare_image(request, self.image_size, self.config.max_image_pixels)
 
     def _detections(self, outputs: dict, scale: float, size: tuple[int, int], threshold: float) -> list:
         n = int(outputs["num_detections"].reshape(-1)[0])  # Triton returns [1, 1] for a scalar per image
@@ -393,7 +402,7 @@ class Gateway(pb_grpc.DetectorServicer):
         try:
             # The Triton call may take until the request's deadline (plus a little, to still report it late).
             timeout = max(a.request.deadline - t0, 0.0) + 1.0
-            outputs = await self._infer(client, a.exit, pending.pixels, timeout)
+            outputs = await infer_exit(client, self.models[a.exit], pending.pixels, timeout)
             censored = False
             _settle(pending.future, result=(a.exit, a.endpoint, outputs))
         except InferenceServerException as e:
@@ -412,14 +421,6 @@ class Gateway(pb_grpc.DetectorServicer):
             self.scheduler.complete(a, now, latency, censored=censored)
             self._pump()
 
-    async def _infer(self, client, exit: int, pixels: np.ndarray, timeout: float) -> dict:
-        inp = triton_aio.InferInput("images", list(pixels.shape), "UINT8")
-        inp.set_data_from_numpy(pixels)
-        names = ("boxes", "scores", "labels", "num_detections")
-        result = await client.infer(self.models[exit], [inp], outputs=[triton_aio.InferRequestedOutput(n) for n in names],
-                                    client_timeout=timeout)
-        return {n: result.as_numpy(n) for n in names}
-
     def _update_gauges(self) -> None:
         if self.scheduler is not None:
             self.metrics.queue_depth.set(self.scheduler.queued)
@@ -430,6 +431,35 @@ class Gateway(pb_grpc.DetectorServicer):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _manifest_samples(manifest: dict, exits: list[int]) -> dict[int, list[float]] | None:
+    """Batch-1 Triton latency samples (ms) per exit from the manifest's profile, if it has them for every exit.
+
+    The exporter keeps a profile only while the models are the very ones it was measured on (by hash)."""
+    exits_prof = ((manifest.get("latency_profile") or {}).get("triton") or {}).get("exits") or {}
+    out = {}
+    for e in exits:
+        per_batch = exits_prof.get(str(e)) or exits_prof.get(e) or {}
+        stats = per_batch.get("1") or per_batch.get(1) or {}
+        if len(stats.get("samples_ms") or []) < 10:
+            return None
+        out[e] = list(stats["samples_ms"])
+    return out
+
+
+def prepare_image(request, image_size: int, max_pixels: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """The request's image as model input [1, 3, S, S] uint8, the letterbox scale and the original (h, w).
+
+    Exactly the evaluation transform (``anytime.imaging.letterbox``), so served detections equal evaluated ones.
+    """
+    if request.WhichOneof("image") == "raw":
+        raw = request.raw
+        image = from_pixels(raw.data, raw.height, raw.width, raw.channels, max_pixels)
+    else:
+        image = decode(request.encoded, max_pixels)
+    pixels, scale = letterbox(image, image_size)
+    return pixels[None], scale, (image.height, image.width)
 
 
 def _blank_image(size: int):

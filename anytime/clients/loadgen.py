@@ -1,0 +1,316 @@
+"""Open-loop load generation and evaluation: a COCO dataset streamed through the gateway at Poisson arrivals.
+
+Why open loop: a closed loop (send, wait, send) slows down exactly when the server does, which hides overload.
+Here request ``i`` leaves at its arrival time whatever happened to the earlier ones, so queueing, shedding and
+missed budgets show up as they would with independent users. Each request carries its own budget and a gRPC
+deadline 1 s beyond it, so nothing hangs and late answers are still seen.
+
+The client's clock decides: a request met its budget when its answer arrived within the budget *as the client
+measured it*, from send to answer, transport included (the gateway's own ``budget_met`` is kept beside it).
+Accuracy is COCO AP over *all* images sent, where only answers that met their budget contribute detections
+("AP at budget"): a failed or late request contributes nothing, which is the honest measure of what a user with
+a deadline got. ``AP_all`` also counts late answers, for comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from anytime.clients.detect import DEFAULT_SERVER, auth_metadata, image_bytes, open_channel
+from anytime.serving.api import anytime_pb2 as pb
+from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+
+DEADLINE_SLACK_MS = 1000.0  # gRPC deadline = budget + this: late answers still come back and count as missed
+MAX_DEFAULT_REQUESTS = 200
+DEFAULT_OUT = Path("runs/loadgen")
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """Where each request's budget comes from: a fixed value, ``uniform`` on [a, b], or ``lognormal`` with
+    mean ``a`` ms and log-space standard deviation ``b``."""
+
+    kind: str  # "fixed", "uniform" or "lognormal"
+    a: float
+    b: float = 0.0
+
+    def __post_init__(self):
+        ok = {"fixed": self.a > 0, "uniform": 0 < self.a <= self.b, "lognormal": self.a > 0 and self.b >= 0}
+        if self.kind not in ok:
+            raise ValueError(f"unknown budget distribution {self.kind!r}: use uniform:LO:HI or lognormal:MEAN_MS:SIGMA")
+        if not (ok[self.kind] and math.isfinite(self.a) and math.isfinite(self.b)):
+            raise ValueError(f"bad budget {self.label}: budgets must be > 0 ms (uniform needs 0 < LO <= HI, "
+                             "lognormal a mean > 0 and sigma >= 0)")
+
+    @property
+    def label(self) -> str:
+        return f"{self.a:g}" if self.kind == "fixed" else f"{self.kind}:{self.a:g}:{self.b:g}"
+
+    @property
+    def fixed_ms(self) -> float | None:
+        return self.a if self.kind == "fixed" else None
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        if self.kind == "fixed":
+            return np.full(n, self.a)
+        if self.kind == "uniform":
+            return rng.uniform(self.a, self.b, n)
+        mu = math.log(self.a) - self.b ** 2 / 2  # so that the mean, not the median, is a
+        return rng.lognormal(mu, self.b, n)
+
+
+def parse_budget(value) -> BudgetSpec:
+    """``30`` / ``"30"`` -> fixed; ``"uniform:10:60"``; ``"lognormal:30:0.5"``; a BudgetSpec passes through."""
+    if isinstance(value, BudgetSpec):
+        return value
+    if isinstance(value, (int, float)):
+        return BudgetSpec("fixed", float(value))
+    kind, *params = str(value).strip().split(":")
+    try:
+        numbers = [float(p) for p in params]
+        if not params:
+            return BudgetSpec("fixed", float(kind))
+    except ValueError:
+        raise ValueError(f"cannot read budget {value!r}: use a number of ms, uniform:LO:HI or "
+                         "lognormal:MEAN_MS:SIGMA") from None
+    if len(numbers) != 2:
+        raise ValueError(f"budget distribution {value!r} needs two numbers: uniform:LO:HI or lognormal:MEAN_MS:SIGMA")
+    return BudgetSpec(kind.strip().lower(), *numbers)
+
+
+@dataclass
+class RequestRecord:
+    """One request as the client saw it; ``detections`` are COCO results (original pixels, xywh)."""
+
+    image_id: int
+    budget_ms: float
+    arrival_s: float  # scheduled send time, from the start of the setting
+    sent_s: float | None = None  # when it actually left (lags arrival only if the client falls behind)
+    status: str = "NOT_SENT"
+    error: str = ""
+    latency_ms: float | None = None  # client-measured, send to answer
+    exit: int | None = None
+    budget_met: bool = False  # answered within the budget on the client's clock
+    server_budget_met: bool = False  # what the gateway said
+    server_ms: dict = field(default_factory=dict)  # the gateway's queue / inference / total times
+    detections: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class SettingResult:
+    """Every request of one (budget, rate) setting, in arrival order."""
+
+    address: str
+    budget: BudgetSpec
+    rate: float
+    seed: int
+    records: list[RequestRecord]
+    duration_s: float
+
+
+def _detections(response: pb.DetectResponse, image_id: int) -> list[dict]:
+    return [{"image_id": image_id, "category_id": int(d.category_id),
+             "bbox": [round(d.x1, 2), round(d.y1, 2), round(d.x2 - d.x1, 2), round(d.y2 - d.y1, 2)],
+             "score": round(float(d.score), 5)} for d in response.detections]
+
+
+def plan_trace(image_ids, budgets, rate: float, n: int, seed: int = 0) -> list[RequestRecord]:
+    """The requests of one setting: ``n`` distinct images of ``image_ids`` at Poisson arrivals of ``rate``/s.
+
+    ``budgets`` is a number of ms, a distribution string (``uniform:10:60``) or a BudgetSpec. The image order,
+    arrival times and budget draws come from separate streams seeded by ``seed``, so two settings with the same
+    seed send the same images at the same moments and differ only in what they vary, and a simulator given the
+    same arguments replays exactly the trace that was sent.
+    """
+    spec = parse_budget(budgets)
+    if not rate > 0 or not math.isfinite(rate):
+        raise ValueError(f"the rate must be a finite number of requests per second > 0, got {rate}")
+    if not 1 <= n <= len(image_ids):
+        raise ValueError(f"cannot send {n} distinct images: the dataset has {len(image_ids)}")
+    ids = np.random.default_rng([seed, 0]).permutation(np.asarray(image_ids))[:n].tolist()
+    gaps = np.random.default_rng([seed, 1]).exponential(1.0 / rate, n)
+    arrivals = np.concatenate([[0.0], np.cumsum(gaps[1:])])
+    drawn = spec.sample(np.random.default_rng([seed, 2]), n)
+    return [RequestRecord(int(i), float(b), float(t)) for i, b, t in zip(ids, drawn, arrivals)]
+
+
+async def run_setting(address: str, dataset, budgets, rate: float, n: int, seed: int = 0, token: str | None = None,
+                      *, tls_ca: str | Path | None = None, progress: bool = True,
+                      exits: tuple[int, int] = (0, 0)) -> SettingResult:
+    """Send the trace ``plan_trace(dataset.ids, budgets, rate, n, seed)`` of ``dataset`` (a CocoDetection).
+
+    ``exits`` = (min_exit, max_exit) sent with every request (0 = the gateway chooses): (1, 1) and (K, K) are the
+    fixed-exit baselines, run through the same gateway.
+    """
+    from tqdm import tqdm
+
+    spec = parse_budget(budgets)
+    records = plan_trace(dataset.ids, spec, rate, n, seed)
+    payloads = [image_bytes(dataset.image_dir / dataset.coco.imgs[r.image_id]["file_name"]) for r in records]
+    metadata = auth_metadata(token)
+
+    async with open_channel(address, tls_ca, aio=True) as channel:
+        stub = pb_grpc.DetectorStub(channel)
+        try:  # connect (and check the token) before the clock starts: the first request pays no handshake
+            await stub.GetModelInfo(pb.ModelInfoRequest(), timeout=CONNECT_TIMEOUT_S, metadata=metadata)
+        except grpc.aio.AioRpcError as e:
+            raise ConnectionError(f"the gateway at {address} did not answer: {e.code().name}: {e.details()}") from None
+        loop = asyncio.get_running_loop()
+        desc = f"budget {spec.label} ms @ {rate:g}/s"
+        with tqdm(total=n, desc=desc, unit="req", disable=not progress, leave=False) as bar:
+
+            async def one(k: int, record: RequestRecord, start: float) -> None:
+                request = pb.DetectRequest(encoded=payloads[k], budget_ms=record.budget_ms, request_id=str(k),
+                                           min_exit=exits[0], max_exit=exits[1])
+                record.sent_s = loop.time() - start
+                t0 = time.perf_counter()
+                try:
+                    response = await stub.Detect(request, timeout=(record.budget_ms + DEADLINE_SLACK_MS) / 1e3,
+                                                 metadata=metadata)
+                except grpc.aio.AioRpcError as e:
+                    record.status, record.error = e.code().name, e.details() or ""
+                else:
+                    record.latency_ms = (time.perf_counter() - t0) * 1e3
+                    record.status, record.exit = "OK", int(response.exit)
+                    record.budget_met = record.latency_ms <= record.budget_ms
+                    record.server_budget_met = bool(response.budget_met)
+                    t = response.timing
+                    record.server_ms = {"queue": t.queue_ms, "inference": t.inference_ms, "total": t.total_ms}
+                    record.detections = _detections(response, record.image_id)
+                finally:
+                    bar.update(1)
+
+            start = loop.time()
+            tasks = []
+            for k, record in enumerate(records):  # open loop: never wait for an answer before the next send
+                delay = start + record.arrival_s - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(k, record, start)))
+            await asyncio.gather(*tasks)
+            duration = loop.time() - start
+    return SettingResult(address, spec, float(rate), seed, records, duration)
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "mean": None}
+    p50, p95, p99 = np.percentile(values, [50, 95, 99]).tolist()
+    return {"p50": p50, "p95": p95, "p99": p99, "mean": float(np.mean(values))}
+
+
+def evaluate_results(result: SettingResult, coco) -> dict:
+    """The summary of one setting: statuses, budget-met rate, latency, exits and COCO AP (``coco``: ground truth).
+
+    AP and AP50 are over every image sent, from the answers that met their budget on the client's clock (AP at
+    budget); ``AP_all`` counts late answers too; ``ap_per_exit`` scores each exit on the images it answered.
+    """
+    from anytime.eval.coco_eval import coco_metrics
+
+    records = result.records
+    n = len(records)
+    ok = [r for r in records if r.status == "OK"]
+    met = [r for r in ok if r.budget_met]
+    sent_ids = [r.image_id for r in records]
+    overall = coco_metrics(coco, [d for r in met for d in r.detections], sent_ids)
+    everything = coco_metrics(coco, [d for r in ok for d in r.detections], sent_ids) if len(met) < len(ok) else overall
+    per_exit = {}
+    for exit in sorted({r.exit for r in ok}):
+        mine = [r for r in ok if r.exit == exit]
+        m = coco_metrics(coco, [d for r in mine for d in r.detections], [r.image_id for r in mine])
+        per_exit[str(exit)] = {"images": len(mine), "AP": m["AP"], "AP50": m["AP50"]}
+    last_send = max((r.sent_s or 0.0) for r in records)
+    budgets = [r.budget_ms for r in records]
+    return {
+        "budget": result.budget.label,
+        "budget_ms": result.budget.fixed_ms,
+        "budget_mean_ms": float(np.mean(budgets)),
+        "rate": result.rate,
+        "seed": result.seed,
+        "requests": n,
+        "status": dict(Counter(r.status for r in records).most_common()),
+        "ok": len(ok),
+        "late": len(ok) - len(met),
+        "budget_met_rate": len(met) / n,
+        "server_budget_met_rate": sum(r.server_budget_met for r in ok) / n,
+        "latency_ms": _percentiles([r.latency_ms for r in ok]),
+        "server_total_ms": _percentiles([r.server_ms["total"] for r in ok if "total" in r.server_ms]),
+        "exits": {str(e): c for e, c in sorted(Counter(r.exit for r in ok).items())},
+        "AP": overall["AP"],
+        "AP50": overall["AP50"],
+        "AP_all": everything["AP"],
+        "ap_per_exit": per_exit,
+        "duration_s": result.duration_s,
+        "send_rate": (n - 1) / last_send if n > 1 and last_send > 0 else None,
+        "max_send_lag_ms": max(((r.sent_s or 0.0) - r.arrival_s) * 1e3 for r in records),
+    }
+
+
+def open_dataset(data_dir=None, split: str = "val"):
+    """The split as a CocoDetection (images untransformed: the original files are what gets sent)."""
+    from anytime.data import DEFAULT_DATA_DIR
+    from anytime.data.coco import CocoDetection, find_split
+    from anytime.data.synth import ensure_default
+
+    if data_dir is None:
+        data_dir = ensure_default(DEFAULT_DATA_DIR)
+    return CocoDetection(*find_split(data_dir, split))
+
+
+async def run_settings(address: str, dataset, budgets: list, rates, n: int, seed: int = 0, token: str | None = None,
+                       *, tls_ca=None, progress: bool = True) -> list[dict]:
+    """Every (budget, rate) pair in turn, each evaluated: the ``settings`` list of the report."""
+    settings = []
+    for budget in budgets:
+        for rate in rates:
+            result = await run_setting(address, dataset, budget, rate, n, seed, token, tls_ca=tls_ca, progress=progress)
+            settings.append(evaluate_results(result, dataset.coco))
+    return settings
+
+
+def loadgen(address: str = DEFAULT_SERVER, data_dir=None, budgets_ms=None, budget_dist=None, rates=(20.0,),
+            requests: int | None = None, out=DEFAULT_OUT, split: str = "val", seed: int = 0,
+            token: str | None = None, tls_ca=None, progress: bool = True) -> dict:
+    """Run every setting against the gateway at ``address``; writes ``out``/loadgen.json and plots; the report.
+
+    ``budgets_ms``: fixed budgets (one setting each); ``budget_dist``: one distribution string instead
+    (default: budgets 10, 20 and 40 ms). ``requests``: per setting (default: min(200, dataset size)).
+    """
+    from anytime.clients.report import write_plots
+
+    if budgets_ms is not None and budget_dist is not None:
+        raise ValueError("give fixed budgets or a budget distribution, not both")
+    budgets = [parse_budget(budget_dist)] if budget_dist is not None else [
+        parse_budget(b) for b in (budgets_ms if budgets_ms is not None else (10, 20, 40))]
+    if not budgets:
+        raise ValueError("no budgets given")
+    rates = [float(r) for r in rates]
+    bad = [r for r in rates if not (r > 0 and math.isfinite(r))]
+    if bad or not rates:
+        raise ValueError(f"rates must be requests per second > 0 (open loop), got {rates}")
+    dataset = open_dataset(data_dir, split)
+    n = min(MAX_DEFAULT_REQUESTS, len(dataset)) if requests is None else int(requests)
+    if not 1 <= n <= len(dataset):
+        raise ValueError(f"--requests must be between 1 and the split's {len(dataset)} images, got {n}")
+
+    settings = asyncio.run(run_settings(address, dataset, budgets, rates, n, seed, token, tls_ca=tls_ca,
+                                        progress=progress))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"server": address, "data": str(dataset.image_dir.parent), "split": split, "requests": n, "seed": seed,
+              "deadline_slack_ms": DEADLINE_SLACK_MS, "settings": settings}
+    report["plots"] = [str(p) for p in write_plots(report, out)]
+    report["out"] = str(out / "loadgen.json")
+    (out / "loadgen.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+

@@ -1,1 +1,0 @@
-"""Deadline-aware serving: latency profiles and the exit scheduler (pure, clock-injected, testable)."""

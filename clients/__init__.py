@@ -1,1 +1,0 @@
-"""Clients of the anytime gateway: one-image ``detect`` and the open-loop batch evaluator ``loadgen``."""

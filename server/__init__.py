@@ -1,1 +1,0 @@
-"""Serving side: runs NVIDIA Triton Inference Server on the exported model repository."""
