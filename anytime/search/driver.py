@@ -28,9 +28,10 @@ def run_search(cfg: SearchConfig, out_dir: str | Path, resume: bool = False, pro
     from tqdm import tqdm
 
     from anytime.cli import UserError
+    from anytime.files import atomic_write
     from anytime.search.proxy import prepare
     from anytime.search.ray_runner import RayRunner
-    from anytime.search.state import load_state, save_state, state_path, write_outputs, write_text_atomically
+    from anytime.search.state import load_state, save_state, state_path, write_outputs
 
     t0 = time.perf_counter()
     out = Path(out_dir).resolve()
@@ -50,7 +51,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path, resume: bool = False, pro
             raise UserError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         loop.start()
-    write_text_atomically(out / "search.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    atomic_write(out / "search.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     def checkpoint():
         save_state(out, cfg.to_dict(), loop.state_dict(), loop.agent.state_dict())

@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,7 +150,7 @@ def prepare(proxy: ProxyConfig, cache: str | Path) -> dict:
 
     Synthetic sets are generated under ``cache`` (deterministic: the same files on every machine), the
     shipped model's backbone is extracted there. Safe to call from several processes at once: each result is
-    written to a private temporary name and renamed into place.
+    written under a private temporary name and renamed into place.
     """
     cache = Path(cache).resolve()
     out = {"train": None, "reward": None, "backbone": None}
@@ -164,7 +164,7 @@ def prepare(proxy: ProxyConfig, cache: str | Path) -> dict:
             target = root / part
             if not (target / "annotations" / "instances_val.json").is_file():
                 # Both parts are the generator's *training* split (split index 0), under two seeds; val is never used.
-                _atomically(target, lambda tmp, seed=seed, count=count: generate(
+                _atomic_dir(target, lambda tmp, seed=seed, count=count: generate(
                     tmp, seed=seed, num_train=count, num_val=0, image_size=image_size,
                     num_classes=proxy.num_classes, progress=False))
             out[part] = str(target)
@@ -175,7 +175,7 @@ def prepare(proxy: ProxyConfig, cache: str | Path) -> dict:
     if proxy.backbone_init == "default_model":
         target = cache / "default_model_backbone.pt"
         if not target.is_file():
-            _atomically(target, extract_backbone)
+            extract_backbone(target)
         out["backbone"] = str(target)
     elif proxy.backbone_init:
         if not Path(proxy.backbone_init).is_file():
@@ -189,20 +189,20 @@ def extract_backbone(out: str | Path, checkpoint: str | Path | None = None) -> P
     import torch
 
     from anytime.config import DEFAULT_CHECKPOINT
+    from anytime.files import atomic_write
     from anytime.train.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(checkpoint or DEFAULT_CHECKPOINT)
     prefix = "backbone.body."
     state = {k[len(prefix):]: v.float() if v.is_floating_point() else v
              for k, v in ckpt["model"].items() if k.startswith(prefix)}
-    torch.save(state, out)
-    return Path(out)
+    return atomic_write(out, lambda f: torch.save(state, f))
 
 
-def _atomically(target: Path, make) -> None:
-    """``make(tmp)`` writes a file or directory at ``tmp``; it then replaces ``target`` in one rename."""
+def _atomic_dir(target: Path, make) -> None:
+    """``make(tmp)`` writes a directory at ``tmp``, which then becomes ``target`` in one rename."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         make(tmp)
         try:
@@ -211,7 +211,4 @@ def _atomically(target: Path, make) -> None:
             if not target.exists():
                 raise
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -49,10 +49,6 @@ def load_state(out_dir: str | Path) -> dict:
     return state
 
 
-def write_text_atomically(path: str | Path, text: str) -> None:
-    atomic_write(path, text)
-
-
 def trial_record(trial, space) -> dict:
     """One line of trials.jsonl."""
     arch = space.decode(trial.decisions, name=f"step{trial.step}").to_dict()
@@ -65,13 +61,13 @@ def write_outputs(out_dir: str | Path, loop, proxy_name: str) -> None:
     """trials.jsonl and best.json from the loop's current state."""
     out = Path(out_dir)
     lines = [json.dumps(trial_record(t, loop.space)) for t in loop.finished()]
-    write_text_atomically(out / "trials.jsonl", "".join(line + "\n" for line in lines))
+    atomic_write(out / "trials.jsonl", "".join(line + "\n" for line in lines))
     best = loop.best()
     if best is not None:
         spec = loop.space.decode(best.decisions, name="search-best").to_dict()
         spec["_comment"] = (f"The best architecture of the search in {out}: step {best.step}, proxy reward "
                             f"{best.reward:.4f} (proxy preset {proxy_name!r}).")
-        write_text_atomically(out / "best.json", json.dumps(spec, indent=2) + "\n")
+        atomic_write(out / "best.json", json.dumps(spec, indent=2) + "\n")
 
 
 def read_records(out_dir: str | Path) -> list[dict]:
