@@ -13,17 +13,21 @@ from pathlib import Path
 
 import torch
 
-from anytime.export.onnx import INPUT_NAME, OUTPUT_NAMES, export_exit, served_graph
-from anytime.export.verify import Mismatch, verify_graph
-from anytime.export.repository import model_name, read_manifest, sha256_file, write_manifest, write_model_dir
+from anytime.export.onnx import INPUT_NAME, OUTPUT_NAMES, export_exit, export_stage, served_graph
+from anytime.export.repository import (PROGRESSIVE_MODEL, ProgressiveModelConfig, model_name, read_manifest,
+                                       sha256_file, stage_file, write_manifest, write_model_dir,
+                                       write_progressive_dir)
+from anytime.export.verify import Mismatch, verify_graph, verify_stage
 
 MODEL_PREFIX = model_name(0)[:-1]  # "anytime_exit"
 MANIFEST_FORMAT = 1
 
 
 def export_repository(model, meta: dict, out: str | Path, *, backend: str = "python", max_batch_size: int = 8,
-                      instances: int = 1, verify: bool = True, progress=print) -> dict:
-    """Write every exit of ``model`` into the repository ``out`` and return the manifest."""
+                      instances: int = 1, verify: bool = True, stages: bool = True, max_stage_batch: int = 8,
+                      progress=print) -> dict:
+    """Write every exit of ``model`` (and, with ``stages``, the progressive model of its stages) into the
+    repository ``out`` and return the manifest."""
     from anytime.model.complexity import exit_costs
 
     out = Path(out)
@@ -44,6 +48,7 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
         exported[k] = data = served_graph(data)
         progress(f"exit {k}: exported {len(data) / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s"
                  + (" (matches PyTorch)" if verify else ""))
+    stage_graphs = _export_stages(model, probe, verify, progress) if stages else []
 
     old = read_manifest(out) if (out / "manifest.json").exists() else None
     out.mkdir(parents=True, exist_ok=True)
@@ -53,6 +58,16 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
                         backend=backend, max_batch_size=max_batch_size, instances=instances)
         exits.append({"exit": k, "model": model_name(k), "sha256": hashlib.sha256(data).hexdigest(),
                       "params": costs[k]["params"], "gmacs": costs[k]["gmacs"]})
+    progressive = None
+    if stage_graphs:
+        write_progressive_dir(out, ProgressiveModelConfig(
+            name=PROGRESSIVE_MODEL, image_size=cfg.image_size, max_detections=cfg.detections_per_img,
+            num_stages=len(stage_graphs), levels=tuple(model.levels), max_stage_batch=max_stage_batch), stage_graphs)
+        progressive = {"model": PROGRESSIVE_MODEL, "max_stage_batch": max_stage_batch, "levels": list(model.levels),
+                       "stages": [{"stage": k, "file": stage_file(k), "sha256": hashlib.sha256(g).hexdigest()}
+                                  for k, g in enumerate(stage_graphs, start=1)]}
+    elif (out / PROGRESSIVE_MODEL).exists():  # it would serve another model's stages
+        shutil.rmtree(out / PROGRESSIVE_MODEL)
     # Exits that an older, deeper export left behind would be served by mistake: remove them.
     for stale in sorted(out.glob(f"{MODEL_PREFIX}*")):
         suffix = stale.name[len(MODEL_PREFIX):]
@@ -69,6 +84,7 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
         "cat_ids": meta.get("cat_ids") or list(range(1, cfg.num_classes + 1)),
         "input": {"name": INPUT_NAME, "dtype": "UINT8", "shape": [-1, 3, cfg.image_size, cfg.image_size]},
         "outputs": list(OUTPUT_NAMES),
+        "progressive": progressive,
         "backend": backend,
         "max_batch_size": max_batch_size,
         "model_config": cfg.to_dict(),
@@ -80,6 +96,23 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
     }
     write_manifest(out, manifest)
     return manifest
+
+
+def _export_stages(model, probe: torch.Tensor, verify: bool, progress) -> list[bytes]:
+    """Every stage graph, each checked against PyTorch on the previous stage's PyTorch features."""
+    graphs, inputs = [], (probe,)
+    for k in range(1, model.num_exits + 1):
+        t0 = time.perf_counter()
+        data = export_stage(model, k, with_candidates=verify)
+        if verify:
+            try:
+                inputs = verify_stage(model, k, data, inputs)
+            except Mismatch as e:
+                raise RuntimeError(f"stage {k}: the ONNX model does not reproduce PyTorch: {e}") from None
+        graphs.append(data := served_graph(data))
+        progress(f"stage {k}: exported {len(data) / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s"
+                 + (" (matches PyTorch)" if verify else ""))
+    return graphs
 
 
 def _same_models(old: dict | None, exits: list[dict]) -> bool:

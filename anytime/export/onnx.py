@@ -1,6 +1,7 @@
-"""One exit of the detector as an ONNX graph: uint8 pixels in, padded detections out.
+"""The detector as ONNX graphs: one per exit (uint8 pixels in, padded detections out), and one per stage of
+progressive execution (stage 1: pixels in; stage k: pyramid k-1's features in; detections and features out).
 
-Input normalisation, box decoding and NMS are inside the graph, so a server needs nothing but an ONNX
+Input normalisation, box decoding and NMS are inside the graphs, so a server needs nothing but an ONNX
 runtime. The batch axis is dynamic.
 """
 
@@ -12,12 +13,24 @@ from pathlib import Path
 
 import torch
 
-from anytime.model.retinanet import AnytimeRetinaNet, ExitModel
+from anytime.model.retinanet import AnytimeRetinaNet, ExitModel, StageModel
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
 CANDIDATE_NAMES = ("candidate_scores", "candidate_boxes")  # verification only: every anchor, before NMS
 OPSET = 17
+
+
+def feature_names(levels, suffix: str = "") -> tuple[str, ...]:
+    """Names of a stage's feature tensors, one per pyramid level: ``p3``.. as inputs, ``p3_out``.. as outputs."""
+    return tuple(f"p{level}{suffix}" for level in levels)
+
+
+def stage_io(model: AnytimeRetinaNet, stage: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(input names, output names) of a stage graph."""
+    inputs = (INPUT_NAME,) if stage == 1 else feature_names(model.levels)
+    outputs = OUTPUT_NAMES + (() if stage == model.num_exits else feature_names(model.levels, "_out"))
+    return inputs, outputs
 
 
 def export_exit(model: AnytimeRetinaNet, exit: int, path: str | Path | None = None,
@@ -29,16 +42,36 @@ def export_exit(model: AnytimeRetinaNet, exit: int, path: str | Path | None = No
     ``with_candidates`` adds the pre-NMS outputs ``CANDIDATE_NAMES``; ``served_graph`` strips them again.
     """
     size = model.cfg.image_size
-    example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
-    names = OUTPUT_NAMES + (CANDIDATE_NAMES if with_candidates else ())
+    example = (torch.zeros(2, 3, size, size, dtype=torch.uint8),)
+    return _export(ExitModel(model, exit, with_candidates), example, (INPUT_NAME,),
+                   OUTPUT_NAMES + (CANDIDATE_NAMES if with_candidates else ()), path)
+
+
+def export_stage(model: AnytimeRetinaNet, stage: int, path: str | Path | None = None,
+                 with_candidates: bool = False) -> bytes:
+    """Export stage ``stage`` of progressive execution (see ``StageModel``) and return the ONNX bytes."""
+    size = model.cfg.image_size
+    images = torch.zeros(2, 3, size, size, dtype=torch.uint8)
+    if stage == 1:
+        example = (images,)
+    else:
+        with torch.no_grad():
+            example = tuple(model.stem(images))  # the features' shapes, per level
+    inputs, outputs = stage_io(model, stage)
+    return _export(StageModel(model, stage, with_candidates), example, inputs,
+                   outputs + (CANDIDATE_NAMES if with_candidates else ()), path)
+
+
+def _export(module: torch.nn.Module, example: tuple, inputs: tuple[str, ...], outputs: tuple[str, ...],
+            path: str | Path | None) -> bytes:
+    model = module.model
     buf = io.BytesIO()
     was_training = model.training  # the exporter restores the wrapper's mode recursively; keep the caller's
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            ExitModel(model, exit, with_candidates).eval(), (example,), buf, dynamo=False, opset_version=OPSET,
-            input_names=[INPUT_NAME], output_names=list(names),
-            dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}},
+            module.eval(), example, buf, dynamo=False, opset_version=OPSET, input_names=list(inputs),
+            output_names=list(outputs), dynamic_axes={n: {0: "batch"} for n in (*inputs, *outputs)},
         )
     model.train(was_training)
     data = buf.getvalue()
@@ -58,9 +91,10 @@ def served_graph(onnx_bytes: bytes) -> bytes:
 
     model = onnx.load_from_string(onnx_bytes)
     graph = model.graph
-    if [o.name for o in graph.output] == list(OUTPUT_NAMES):
+    served = [o.name for o in graph.output if o.name not in CANDIDATE_NAMES]
+    if len(served) == len(graph.output):
         return onnx_bytes
-    needed = set(OUTPUT_NAMES)
+    needed = set(served)
     keep = []
     for node in reversed(graph.node):  # nodes are in topological order: walk back from the outputs
         if needed.intersection(node.output):
@@ -68,7 +102,7 @@ def served_graph(onnx_bytes: bytes) -> bytes:
             needed.update(_reads(node))
     del graph.node[:]
     graph.node.extend(reversed(keep))
-    kept_outputs = [o for o in graph.output if o.name in OUTPUT_NAMES]
+    kept_outputs = [o for o in graph.output if o.name in served]
     del graph.output[:]
     graph.output.extend(kept_outputs)
     used_inits = [i for i in graph.initializer if i.name in needed]

@@ -1,11 +1,14 @@
 """Writes the Triton model repository around exported ONNX files, plus the repository manifest.
 
-Layout (one model per exit)::
+Layout::
 
     <repo>/manifest.json
-    <repo>/anytime_exit{k}/config.pbtxt
+    <repo>/anytime_exit{k}/config.pbtxt              one model per exit (upfront execution, single calls)
     <repo>/anytime_exit{k}/1/model.onnx
-    <repo>/anytime_exit{k}/1/model.py        (python backend only: the ONNX Runtime runner)
+    <repo>/anytime_exit{k}/1/model.py                (python backend only: the ONNX Runtime runner)
+    <repo>/anytime_progressive/config.pbtxt          the stages of progressive execution, in one decoupled model
+    <repo>/anytime_progressive/1/stage{k}.onnx
+    <repo>/anytime_progressive/1/model.py
 
 Everything is written atomically: files go to a hidden temporary name inside the repository (Triton skips
 names starting with ".") and are renamed into place, so a running Triton never loads half a model.
@@ -40,6 +43,8 @@ KINDS = ("cpu", "gpu")
 MANIFEST_NAME = "manifest.json"
 ONNX_FILE = "model.onnx"
 PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("triton_python_model.py")
+PROGRESSIVE_MODEL_TEMPLATE = Path(__file__).with_name("triton_progressive_model.py")
+PROGRESSIVE_MODEL = "anytime_progressive"
 MANIFEST_REQUIRED = ("exits", "image_size", "max_detections")
 
 
@@ -153,6 +158,74 @@ def write_model_dir(
         kind=kind,
         intra_op_threads=intra_op_threads,
     )
+    files = {ONNX_FILE: onnx_path_or_bytes}
+    if backend == "python":
+        files["model.py"] = PYTHON_MODEL_TEMPLATE
+    return _write_model(repo, name, version, config.to_pbtxt(), files)
+
+
+@dataclass(frozen=True)
+class ProgressiveModelConfig:
+    """``config.pbtxt`` of the progressive model: a decoupled python model that runs the stage graphs in turn
+    and sends each exit's detections as its own response (``anytime.export.triton_progressive_model``)."""
+
+    name: str
+    image_size: int
+    max_detections: int
+    num_stages: int
+    levels: tuple[int, ...]
+    max_stage_batch: int = 8  # requests one stage call may batch (1: no stage batching)
+    intra_op_threads: int | None = None
+    kind: str = "cpu"
+
+    def message(self):
+        from tritonclient.grpc import model_config_pb2 as mc
+
+        s, d = self.image_size, self.max_detections
+        cfg = mc.ModelConfig(name=self.name, backend="python", max_batch_size=0)
+        cfg.model_transaction_policy.decoupled = True
+        cfg.input.add(name=INPUT_NAME, data_type=mc.TYPE_UINT8, dims=[1, 3, s, s])
+        cfg.input.add(name="budget_ms", data_type=mc.TYPE_FP64, dims=[1])  # what is left of the budget, at send
+        cfg.input.add(name="exits", data_type=mc.TYPE_INT32, dims=[2])  # shallowest and deepest exit allowed
+        for name, dtype, dims in OUTPUTS:  # one image per request: its batch axis is the leading 1
+            cfg.output.add(name=name, data_type=mc.DataType.Value(dtype), dims=[1, *dims(d)])
+        cfg.output.add(name="exit", data_type=mc.TYPE_INT32, dims=[1])
+        kind = mc.ModelInstanceGroup.KIND_GPU if self.kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+        cfg.instance_group.add(count=1, kind=kind)
+        params = {"stages": ",".join(stage_file(k) for k in range(1, self.num_stages + 1)),
+                  "levels": ",".join(map(str, self.levels)), "max_stage_batch": str(self.max_stage_batch)}
+        if self.intra_op_threads is not None:
+            params["intra_op_thread_count"] = str(self.intra_op_threads)
+        for key, value in params.items():
+            cfg.parameters[key].string_value = value
+        return cfg
+
+    def to_pbtxt(self) -> str:
+        from google.protobuf import text_format
+
+        return text_format.MessageToString(self.message())
+
+
+def stage_file(stage: int) -> str:
+    return f"stage{stage}.onnx"
+
+
+def write_progressive_dir(repo: str | Path, config: ProgressiveModelConfig, stages: list[bytes],
+                          version: int = 1) -> Path:
+    """Write (or replace) the progressive model: its config, model.py and one ONNX file per stage."""
+    if len(stages) != config.num_stages:
+        raise ValueError(f"{config.num_stages} stages configured, {len(stages)} graphs given")
+    files = {stage_file(k): data for k, data in enumerate(stages, start=1)}
+    files["model.py"] = PROGRESSIVE_MODEL_TEMPLATE
+    return _write_model(repo, config.name, version, config.to_pbtxt(), files)
+
+
+def _write_model(repo: str | Path, name: str, version: int, config_text: str, files: dict) -> Path:
+    """Model ``name`` version ``version`` in ``repo`` with ``files`` (name -> bytes or a path to copy).
+
+    A new model directory appears in one rename (config and version together); an existing one gets its
+    version directory swapped in atomically, then its config.pbtxt replaced atomically.
+    """
     if int(version) < 1:
         raise ValueError(f"version must be >= 1, got {version!r}")
     if not name or name.startswith(".") or "/" in name:
@@ -164,8 +237,8 @@ def write_model_dir(
     if not model_dir.exists():
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
         try:
-            _fill_version_dir(staging / str(version), onnx_path_or_bytes, config)
-            (staging / "config.pbtxt").write_text(config.to_pbtxt())
+            _fill_version_dir(staging / str(version), files)
+            (staging / "config.pbtxt").write_text(config_text)
             os.chmod(staging, 0o755)
             os.rename(staging, model_dir)
         except BaseException:
@@ -175,23 +248,22 @@ def write_model_dir(
 
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
     try:
-        _fill_version_dir(staging, onnx_path_or_bytes, config)
+        _fill_version_dir(staging, files)
         os.chmod(staging, 0o755)
         _replace_dir(staging, model_dir / str(version))
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # after a swap it holds the old version
-    atomic_write(model_dir / "config.pbtxt", config.to_pbtxt())
+    atomic_write(model_dir / "config.pbtxt", config_text)
     return model_dir
 
 
-def _fill_version_dir(path: Path, onnx: str | Path | bytes, config: TritonModelConfig) -> None:
+def _fill_version_dir(path: Path, files: dict) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    if isinstance(onnx, (bytes, bytearray, memoryview)):
-        (path / ONNX_FILE).write_bytes(bytes(onnx))
-    else:
-        shutil.copyfile(onnx, path / ONNX_FILE)
-    if config.backend == "python":
-        shutil.copyfile(PYTHON_MODEL_TEMPLATE, path / "model.py")
+    for name, content in files.items():
+        if isinstance(content, (bytes, bytearray, memoryview)):
+            (path / name).write_bytes(bytes(content))
+        else:
+            shutil.copyfile(content, path / name)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

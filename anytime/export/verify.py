@@ -25,6 +25,7 @@ class Tolerance:
     score: float = 1e-3  # absolute, on sigmoid scores
     box_fraction: float = 1e-3  # absolute box tolerance as a fraction of the input size (0.26 px at 256)
     iou: float = 1e-3
+    feature: float = 1e-3  # stage features: absolute, relative to the tensor's largest magnitude (at least 1)
 
     def box(self, image_size: int) -> float:
         return self.box_fraction * image_size
@@ -151,20 +152,58 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
+def check_features(name: str, got, ref, tol: Tolerance = Tolerance()) -> None:
+    """A stage's output features agree within ``tol.feature`` of the tensor's scale."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if got.shape != ref.shape:
+        raise Mismatch(f"feature {name} has shape {got.shape}, expected {ref.shape}")
+    scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
+    worst = float(np.abs(got - ref).max()) if ref.size else 0.0
+    if worst > tol.feature * scale:
+        raise Mismatch(f"feature {name} differs by {worst:.3g} (tolerance {tol.feature * scale:.3g})")
+
+
 def verify_graph(model, exit: int, onnx_bytes: bytes, images, tol: Tolerance = Tolerance()) -> None:
     """Run ``onnx_bytes`` (exported with candidates) in ONNX Runtime on ``images`` and check it against the
     PyTorch ``model``'s exit ``exit``: candidates within the tolerance, detections a valid NMS of them."""
-    import onnxruntime as ort
     import torch
 
     from anytime.export.onnx import CANDIDATE_NAMES, INPUT_NAME, OUTPUT_NAMES
 
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    got = dict(zip(OUTPUT_NAMES + CANDIDATE_NAMES, session.run(None, {INPUT_NAME: images.numpy()})))
     with torch.no_grad():
         ref = [t.numpy() for t in model(images, exit=exit, with_candidates=True)]
-    ref_scores, ref_boxes = ref[4], ref[5]
-    size = model.cfg.image_size
-    check_candidates(got["candidate_scores"], got["candidate_boxes"], ref_scores, ref_boxes, size, tol)
+    _verify(onnx_bytes, {INPUT_NAME: images.numpy()}, dict(zip(OUTPUT_NAMES + CANDIDATE_NAMES, ref)), model.cfg, tol)
+
+
+def verify_stage(model, stage: int, onnx_bytes: bytes, inputs: tuple, tol: Tolerance = Tolerance()) -> tuple:
+    """Check stage ``stage``'s graph (exported with candidates) against PyTorch on ``inputs`` (images for stage
+    1, the previous stage's PyTorch features after that): detections as for an exit, features within the
+    tolerance. Returns PyTorch's output features, the inputs to check the next stage with."""
+    import torch
+
+    from anytime.export.onnx import CANDIDATE_NAMES, stage_io
+    from anytime.model.retinanet import StageModel
+
+    names_in, names_out = stage_io(model, stage)
+    with torch.no_grad():
+        ref = StageModel(model, stage, with_candidates=True).eval()(*inputs)
+    ref_np = dict(zip(names_out + CANDIDATE_NAMES, [t.numpy() for t in ref]))
+    _verify(onnx_bytes, {n: x.numpy() for n, x in zip(names_in, inputs)}, ref_np, model.cfg, tol)
+    return tuple(ref[4:4 + len(names_out) - 4])
+
+
+def _verify(onnx_bytes: bytes, feed: dict, ref: dict, cfg, tol: Tolerance) -> None:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(None, feed)))
+    if sorted(got) != sorted(ref):
+        raise Mismatch(f"the graph's outputs {sorted(got)} are not the model's {sorted(ref)}")
+    check_candidates(got["candidate_scores"], got["candidate_boxes"], ref["candidate_scores"], ref["candidate_boxes"],
+                     cfg.image_size, tol)
     detections = dict(boxes=got["boxes"], scores=got["scores"], labels=got["labels"], count=got["num_detections"])
-    check_nms(detections, ref_scores, ref_boxes, NmsSettings.of(model.cfg), tol)
+    check_nms(detections, ref["candidate_scores"], ref["candidate_boxes"], NmsSettings.of(cfg), tol)
+    for name in got:
+        if name.endswith("_out"):
+            check_features(name, got[name], ref[name], tol)

@@ -70,21 +70,33 @@ class AnytimeRetinaNet(nn.Module):
             params += list(p.parameters())
         return params + head.parameters_for(slot)
 
-    # -- forward pieces --------------------------------------------------------------------------------
+    # -- forward pieces: the stages of anytime execution -------------------------------------------------
+    def stem(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone and input projection: the first pyramid network's inputs, one per level."""
+        if images.shape[-2:] != (self.cfg.image_size, self.cfg.image_size):
+            raise ValueError(f"expected images of {self.cfg.image_size}x{self.cfg.image_size}, got {tuple(images.shape[-2:])}")
+        return self.input_proj(self.backbone((images.float() - self.pixel_mean) / self.pixel_std))
+
+    def pyramid(self, k: int, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Pyramid network ``k`` (1-based) on the previous one's features (plus them, with residual pyramids)."""
+        new = self.pyramids[k - 1](feats)
+        return [a + b for a, b in zip(feats, new)] if self.cfg.residual_pyramids else new
+
+    def head_outputs(self, k: int, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exit ``k``'s raw predictions on pyramid ``k``'s features: logits [B, N, K], box deltas [B, N, 4]."""
+        head, slot = self._head(k)
+        return head(feats, slot)
+
     def exit_outputs(self, images: torch.Tensor, exits: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """Raw head outputs {exit: (logits [B,N,K], deltas [B,N,4])}; runs pyramids only up to max(exits)."""
         for e in exits:
             self._check_exit(e)
-        if images.shape[-2:] != (self.cfg.image_size, self.cfg.image_size):
-            raise ValueError(f"expected images of {self.cfg.image_size}x{self.cfg.image_size}, got {tuple(images.shape[-2:])}")
-        feats = self.input_proj(self.backbone((images.float() - self.pixel_mean) / self.pixel_std))
+        feats = self.stem(images)
         out = {}
         for k in range(1, max(exits) + 1):
-            new = self.pyramids[k - 1](feats)
-            feats = [a + b for a, b in zip(feats, new)] if self.cfg.residual_pyramids else new
+            feats = self.pyramid(k, feats)
             if k in exits:
-                head, slot = self._head(k)
-                out[k] = head(feats, slot)
+                out[k] = self.head_outputs(k, feats)
         return out
 
     def losses(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
@@ -128,6 +140,33 @@ class AnytimeRetinaNet(nn.Module):
             result[k] = [dict(boxes=boxes[i, :n], scores=scores[i, :n], labels=labels[i, :n])
                          for i, n in enumerate(count.tolist())]
         return result
+
+
+class StageModel(nn.Module):
+    """Stage ``k`` of progressive execution: what exit ``k`` adds to exit ``k - 1``.
+
+    Stage 1 takes images and runs the backbone, pyramid network 1 and head 1; stage k > 1 takes pyramid k-1's
+    features and runs pyramid k and head k. Each returns its exit's padded detections (boxes, scores, labels,
+    count) and, unless it is the last stage, its features (one tensor per level) for the next stage; with
+    ``with_candidates``, also every anchor's scores and boxes (verification only). Running stages 1..k in turn
+    computes exactly exit k, and every exit on the way comes out as it is reached.
+    """
+
+    def __init__(self, model: AnytimeRetinaNet, stage: int, with_candidates: bool = False):
+        super().__init__()
+        model._check_exit(stage)
+        self.model, self.stage, self.with_candidates = model, stage, with_candidates
+        self.last = stage == model.num_exits
+
+    def forward(self, *inputs: torch.Tensor):
+        m = self.model
+        feats = m.stem(inputs[0]) if self.stage == 1 else list(inputs)
+        feats = m.pyramid(self.stage, feats)
+        logits, deltas = m.head_outputs(self.stage, feats)
+        out = (*m._post(logits, deltas), *([] if self.last else feats))
+        if self.with_candidates:
+            out += candidates(logits, deltas, m.anchors, m.cfg.image_size)
+        return out
 
 
 class ExitModel(nn.Module):

@@ -33,7 +33,7 @@ class LatencyProfile:
     """Service-time model of one endpoint; times in seconds, the clock is the caller's (``now``)."""
 
     def __init__(self, prior: dict, quantile: float = 0.95, window: int = 64, horizon_s: float = 5.0,
-                 min_samples: int = 8, ratio_bounds: tuple[float, float] = (0.25, 8.0)):
+                 min_samples: int = 8, ratio_bounds: tuple[float, float] = (0.25, 8.0), cumulative: bool = True):
         if not prior:
             raise ValueError("a latency profile needs at least one exit")
         if not 0.0 < quantile < 1.0:
@@ -43,13 +43,15 @@ class LatencyProfile:
         self.window, self.horizon_s, self.min_samples = window, horizon_s, min_samples
         self.lo, self.hi = ratio_bounds
         self.exits = sorted(self.prior)
-        # base mean per (exit, batch), made non-decreasing with depth: exit k+1 runs all of exit k and more
+        # base mean per (exit, batch). With ``cumulative`` (exits), non-decreasing with depth: exit k+1 runs all
+        # of exit k and more. Stages of progressive execution are not cumulative: stage 2 can be cheaper than 1.
         self._base: dict[tuple[int, int], float] = {}
         batches = sorted({b for per in self.prior.values() for b in per})
         for b in batches:
             running = 0.0
             for e in self.exits:
-                running = max(running, _mean_ms(self._stats(e, b)) / 1e3)
+                mean = _mean_ms(self._stats(e, b)) / 1e3
+                running = max(running, mean) if cumulative else mean
                 self._base[(e, b)] = running
         self._prior_ratios = _prior_ratios(self.prior)  # sorted pseudo-samples of R from the prior
         self._prior_q = _quantile(self._prior_ratios, quantile)
@@ -103,11 +105,23 @@ class LatencyProfile:
 
     # -- predictions -----------------------------------------------------------------------------------
     def base(self, exit: int, batch: int = 1) -> float:
-        """Prior mean service time of ``exit`` (seconds), non-decreasing in depth."""
+        """Prior mean service time of ``exit`` at ``batch`` (seconds; non-decreasing in depth when cumulative).
+
+        A batch size that was not measured is interpolated linearly between the nearest measured ones; beyond
+        the largest, each extra image costs what one image cost there (no further batching gain assumed)."""
         key = (exit, batch)
         if key not in self._base:
-            one = self._base[(exit, 1)] if (exit, 1) in self._base else self._base[min(self._base)]
-            self._base[key] = one * batch  # unmeasured batch size: no batching gain assumed (pessimistic)
+            sizes = sorted(b for e, b in self._base if e == exit)
+            lo = max((b for b in sizes if b < batch), default=None)
+            hi = min((b for b in sizes if b > batch), default=None)
+            if lo is None:
+                value = self._base[(exit, hi)] * batch / hi
+            elif hi is None:
+                value = self._base[(exit, lo)] * batch / lo
+            else:
+                a, b = self._base[(exit, lo)], self._base[(exit, hi)]
+                value = a + (b - a) * (batch - lo) / (hi - lo)
+            self._base[key] = value
         return self._base[key]
 
     def ratio(self, quantile: float | None = None) -> float:

@@ -1,0 +1,225 @@
+"""Triton python-backend model for progressive execution: the exported stages in one decoupled model.
+
+Copied as ``model.py`` into ``anytime_progressive/1/`` beside ``stage1.onnx`` .. ``stageK.onnx``. Each request is
+one image with what is left of its budget and its allowed exits; each exit's detections go back as their own
+response the moment the stage that computes them ends, the last one flagged final. Between stages a request's
+features stay here, in this process's memory: they never cross the wire (measured against passing them through
+Triton's shared memory, see the README), and one copy of each stage's weights serves every request.
+
+A worker thread runs the stages; ``anytime.serving.progressive.StageEngine`` (pure logic, tested on a simulated
+clock) decides which stage runs next, for which requests together, and which requests stop. It imports numpy
+only, never torch. Config parameters: ``stages`` (the files, in order), ``levels`` (pyramid levels of the
+features), ``max_stage_batch``, ``intra_op_thread_count``, ``planning_quantile``, ``margin_ms``.
+
+Custom metrics on Triton's /metrics: ``anytime_stage_runs`` and ``anytime_stage_images`` per stage,
+``anytime_progressive_requests`` per outcome (done, failed, cancelled).
+"""
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+from anytime.serving.latency import LatencyProfile
+from anytime.serving.progressive import Job, StageEngine
+
+DETECTIONS = ("boxes", "scores", "labels", "num_detections")
+DTYPES = {"boxes": np.float32, "scores": np.float32, "labels": np.int64, "num_detections": np.int64}
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class _Request:
+    """What the worker needs of one request: where its responses go, and the input of its next stage."""
+
+    def __init__(self, request, sender, inputs):
+        self.request, self.sender = request, sender
+        self.inputs = inputs  # the arrays of the next stage's inputs, one row each
+
+    def cancelled(self):
+        try:
+            return self.request.is_cancelled()
+        except Exception:  # a backend without cancellation: never cancelled
+            return False
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self.name = config.get("name", "anytime_progressive")
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        files = [f for f in params.get("stages", "").split(",") if f]
+        if not files:
+            raise pb_utils.TritonModelException(f"{self.name}: parameter 'stages' names no stage files")
+        levels = [int(x) for x in params.get("levels", "3,4,5,6,7").split(",")]
+        self.features_in = [f"p{lv}" for lv in levels]
+        self.features_out = [f"p{lv}_out" for lv in levels]
+        self.max_batch = max(1, int(params.get("max_stage_batch") or 8))
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(params.get("intra_op_thread_count") or 0)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.sessions = [ort.InferenceSession(os.path.join(version_dir, f), sess_options=options,
+                                              providers=["CPUExecutionProvider"]) for f in files]
+        image = pb_utils.get_input_config_by_name(config, "images")
+        self.image_shape = tuple(int(d) for d in image["dims"])[1:]
+
+        prior = self._calibrate()
+        quantile = float(params.get("planning_quantile") or 0.95)
+        self.engine = StageEngine(LatencyProfile(prior, quantile=quantile, cumulative=False), len(files), self.max_batch,
+                                  margin_s=float(params.get("margin_ms") or 1.0) / 1000)
+        self.lock = threading.Condition()
+        self.stopping = False
+
+        # The families must outlive their metrics (Triton deletes a metric whose family is gone): keep them.
+        self.families = [pb_utils.MetricFamily(name=n, description=d, kind=pb_utils.MetricFamily.COUNTER) for n, d in (
+            ("anytime_stage_runs", "Stage calls, by stage"), ("anytime_stage_images", "Images through each stage"),
+            ("anytime_progressive_requests", "Requests by outcome"))]
+        runs, images, outcomes = self.families
+        self.m_runs = {s: runs.Metric(labels={"stage": str(s)}) for s in range(1, len(files) + 1)}
+        self.m_images = {s: images.Metric(labels={"stage": str(s)}) for s in range(1, len(files) + 1)}
+        self.m_outcome = {o: outcomes.Metric(labels={"outcome": o}) for o in ("done", "failed", "cancelled")}
+        self.worker = threading.Thread(target=self._loop, name="anytime-stages", daemon=True)
+        self.worker.start()
+
+    # -- start-up: what each stage costs here, at each batch size --------------------------------------------
+    def _calibrate(self, runs=3, slow_s=0.5):
+        """Mean seconds per call of every stage at batch 1, 2, 4, .. max_stage_batch (larger sizes skipped once
+        a call takes over ``slow_s``): the engine's prior, which it then corrects online."""
+        prior = {}
+        sizes = [b for b in (1, 2, 4, 8, 16, 32) if b <= self.max_batch]
+        rng = np.random.default_rng(0)
+        for batch in sizes:
+            feed = {"images": rng.integers(0, 256, (batch, *self.image_shape), dtype=np.uint8)}
+            for stage, session in enumerate(self.sessions, start=1):
+                names = [o.name for o in session.get_outputs()]
+                session.run(None, feed)  # warm-up
+                samples = []
+                for _ in range(runs if batch > 1 else runs + 2):
+                    t0 = time.perf_counter()
+                    out = session.run(None, feed)
+                    samples.append((time.perf_counter() - t0) * 1e3)
+                prior.setdefault(stage, {})[batch] = {"samples_ms": samples}
+                feed = {i: o for i, o in zip(self.features_in, (dict(zip(names, out))[n] for n in self.features_out))} \
+                    if stage < len(self.sessions) else None
+            if max(max(s["samples_ms"]) for s in (prior[k][batch] for k in prior)) > slow_s * 1e3:
+                break
+        return prior
+
+    # -- requests in ----------------------------------------------------------------------------------------
+    def execute(self, requests):
+        now = time.monotonic()
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                images = pb_utils.get_input_tensor_by_name(request, "images").as_numpy()
+                budget_ms = float(pb_utils.get_input_tensor_by_name(request, "budget_ms").as_numpy().reshape(-1)[0])
+                lo, hi = (int(x) for x in pb_utils.get_input_tensor_by_name(request, "exits").as_numpy().reshape(-1))
+                if images.dtype != np.uint8 or tuple(images.shape) != (1, *self.image_shape):
+                    raise ValueError(f"images must be uint8 [1, {', '.join(map(str, self.image_shape))}], "
+                                     f"got {images.dtype} {list(images.shape)}")
+                if not np.isfinite(budget_ms) or budget_ms <= 0:
+                    raise ValueError(f"budget_ms must be > 0, got {budget_ms}")
+            except Exception as e:
+                sender.send(_error(f"{self.name}: {e}"), flags=FINAL)
+                continue
+            job = Job(deadline=now + budget_ms / 1000, arrival=now, max_exit=hi or len(self.sessions),
+                      min_exit=max(lo, 1), payload=_Request(request, sender, [images]))
+            with self.lock:
+                accepted = self.engine.add(job, now)
+                self.lock.notify()
+            if not accepted:
+                self._settle(job, "failed", "no exit can be computed within the budget")
+        return None
+
+    # -- the worker -----------------------------------------------------------------------------------------
+    def _loop(self):
+        while True:
+            with self.lock:
+                while True:
+                    if self.stopping:
+                        return
+                    plan = self.engine.plan(time.monotonic())
+                    for job in plan.finished:
+                        self._settle(job, "done")
+                    for job in plan.failed:
+                        self._settle(job, "failed", "the deadline passed before a first exit could be computed")
+                    live = []
+                    for job in plan.jobs:
+                        if job.payload.cancelled():
+                            self.engine.cancel(job)
+                            self._settle(job, "cancelled")
+                        else:
+                            live.append(job)
+                    if live:
+                        break
+                    if not plan.jobs:
+                        self.lock.wait(timeout=0.05 if self.engine.waiting else None)
+            self._run(plan.stage, live)
+
+    def _run(self, stage, jobs):
+        try:
+            self._run_stage(stage, jobs)
+        except Exception as e:  # never let the worker die: fail these requests and go on
+            with self.lock:
+                self.engine.failed(jobs)
+            for job in jobs:
+                if job.state == "failed":
+                    self._settle(job, "failed", f"stage {stage}: {type(e).__name__}: {e}")
+
+    def _run_stage(self, stage, jobs):
+        session = self.sessions[stage - 1]
+        names_in = ["images"] if stage == 1 else self.features_in
+        feed = {n: (jobs[0].payload.inputs[i] if len(jobs) == 1
+                    else np.concatenate([j.payload.inputs[i] for j in jobs])) for i, n in enumerate(names_in)}
+        t0 = time.monotonic()
+        try:
+            out = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+        except Exception as e:  # a failed call fails its requests, never the model
+            raise RuntimeError(f"onnxruntime failed: {e}") from None
+        seconds = time.monotonic() - t0
+        self.m_runs[stage].increment(1)
+        self.m_images[stage].increment(len(jobs))
+        last = stage == len(self.sessions)
+        for i, job in enumerate(jobs):
+            if not last:  # the next stage's input: this stage's features, this request's row
+                job.payload.inputs = [out[n][i:i + 1] for n in self.features_out]
+            final = stage >= job.max_exit
+            tensors = [pb_utils.Tensor(n, np.ascontiguousarray(out[n][i:i + 1], dtype=DTYPES[n])) for n in DETECTIONS]
+            tensors.append(pb_utils.Tensor("exit", np.array([stage], np.int32)))
+            try:
+                job.payload.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=FINAL if final else 0)
+            except Exception:  # the client is gone
+                job.state = "cancelled"
+        with self.lock:
+            for job in self.engine.ran(stage, jobs, seconds, time.monotonic()):
+                self.m_outcome["done"].increment(1)
+            self.lock.notify()
+
+    def _settle(self, job, outcome, message=None):
+        """End a request that got no final response yet: an error when it failed, an empty final flag else."""
+        self.m_outcome[outcome].increment(1)
+        if outcome == "cancelled":
+            return
+        try:
+            if message is not None and job.exit == 0:
+                job.payload.sender.send(_error(f"{self.name}: {message}"), flags=FINAL)
+            else:
+                job.payload.sender.send(flags=FINAL)
+        except Exception:
+            pass
+
+    def finalize(self):
+        with self.lock:
+            self.stopping = True
+            self.lock.notify_all()
+        self.worker.join(timeout=5)
+        self.sessions = []
+
+
+def _error(message):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))

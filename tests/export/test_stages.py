@@ -1,0 +1,150 @@
+"""Progressive execution's pieces: the stage graphs chain into exactly the exits, and the decoupled progressive
+model in a real tritonserver streams each exit as it is reached, batches stages, and stops when cancelled."""
+
+from __future__ import annotations
+
+import queue
+import time
+import urllib.request
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import tritonclient.grpc as tc
+
+from anytime.export.exporter import export_repository
+from anytime.export.onnx import CANDIDATE_NAMES, OUTPUT_NAMES, export_exit, export_stage, stage_io
+from anytime.export.verify import NmsSettings, check_candidates, check_nms
+from anytime.serving.triton import TritonServer, free_ports
+from anytime.testing import random_detector, tiny_config
+
+EXITS = 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_detector(tiny_config(repeats=EXITS, width=32, score_thresh=0.97, residual_pyramids=True),
+                           logit_std=0.1)
+
+
+def test_the_stage_chain_computes_exactly_the_exits(model):
+    """Stage 1 on images, then each stage on the previous one's features, in ONNX Runtime: every exit's
+    candidates equal the monolithic exit graph's, and its detections are a valid NMS of PyTorch's."""
+    images = torch.randint(0, 256, (2, 3, 128, 128), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    feed = {"images": images.numpy()}
+    for k in range(1, EXITS + 1):
+        stage = ort.InferenceSession(export_stage(model, k, with_candidates=True))
+        names_in, names_out = stage_io(model, k)
+        assert [i.name for i in stage.get_inputs()] == list(names_in)
+        out = dict(zip([o.name for o in stage.get_outputs()], stage.run(None, feed)))
+        exit_graph = ort.InferenceSession(export_exit(model, k, with_candidates=True))
+        mono = dict(zip(OUTPUT_NAMES + CANDIDATE_NAMES, exit_graph.run(None, {"images": images.numpy()})))
+        check_candidates(out["candidate_scores"], out["candidate_boxes"], mono["candidate_scores"],
+                         mono["candidate_boxes"], 128)
+        with torch.no_grad():
+            ref = model(images, exit=k, with_candidates=True)
+        check_nms(dict(boxes=out["boxes"], scores=out["scores"], labels=out["labels"], count=out["num_detections"]),
+                  ref[4].numpy(), ref[5].numpy(), NmsSettings.of(model.cfg))
+        feed = {name[:-len("_out")]: out[name] for name in names_out if name.endswith("_out")}
+    assert feed == {}  # the last stage hands nothing on
+
+
+@pytest.fixture(scope="module")
+def triton(model, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("progressive") / "repo"
+    export_repository(model, {}, repo, verify=False, progress=lambda *_: None)
+    http, grpc_port, metrics = free_ports(3)
+    with TritonServer(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as server:
+        yield server
+
+
+def _request(budget_ms: float, exits=(1, 0), seed=0):
+    inputs = [tc.InferInput("images", [1, 3, 128, 128], "UINT8"), tc.InferInput("budget_ms", [1], "FP64"),
+              tc.InferInput("exits", [2], "INT32")]
+    inputs[0].set_data_from_numpy(np.random.default_rng(seed).integers(0, 256, (1, 3, 128, 128), dtype=np.uint8))
+    inputs[1].set_data_from_numpy(np.array([budget_ms], np.float64))
+    inputs[2].set_data_from_numpy(np.array(exits, np.int32))
+    return inputs
+
+
+def _stream(server):
+    client = tc.InferenceServerClient(server.grpc_url)
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    return client, answers
+
+
+def _collect(answers, n_requests: int, timeout=30.0) -> dict[str, list]:
+    """request id -> [exit, ...] in arrival order, or an error string; until every request sent its final."""
+    got, finals = {}, 0
+    while finals < n_requests:
+        result, error = answers.get(timeout=timeout)
+        if error is not None:
+            got.setdefault(error.request_id() if hasattr(error, "request_id") else "?", []).append(str(error))
+            finals += 1
+            continue
+        response = result.get_response()
+        rid = response.id
+        exit = result.as_numpy("exit")
+        if exit is not None:
+            got.setdefault(rid, []).append(int(exit[0]))
+        if response.parameters["triton_final_response"].bool_param:
+            finals += 1
+    return got
+
+
+def _metric(server, name: str, label: str) -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name) and label in line)
+
+
+def test_exits_stream_in_increasing_order_and_an_impossible_budget_is_an_error(triton):
+    client, answers = _stream(triton)
+    try:
+        client.async_stream_infer("anytime_progressive", _request(10_000), request_id="deep",
+                                  enable_empty_final_response=True)
+        client.async_stream_infer("anytime_progressive", _request(10_000, exits=(1, 2)), request_id="capped",
+                                  enable_empty_final_response=True)
+        got = _collect(answers, 2)
+        assert got["deep"] == [1, 2, 3, 4] and got["capped"] == [1, 2]
+        client.async_stream_infer("anytime_progressive", _request(0.01), request_id="hopeless",
+                                  enable_empty_final_response=True)
+        result, error = answers.get(timeout=30)
+        assert error is not None and "no exit can be computed within the budget" in str(error)
+    finally:
+        client.stop_stream()
+
+
+def test_requests_waiting_at_a_stage_share_one_call(triton):
+    runs = _metric(triton, "anytime_stage_runs", 'stage="1"')
+    images = _metric(triton, "anytime_stage_images", 'stage="1"')
+    client, answers = _stream(triton)
+    try:
+        for i in range(16):
+            client.async_stream_infer("anytime_progressive", _request(10_000, seed=i), request_id=str(i),
+                                      enable_empty_final_response=True)
+        got = _collect(answers, 16)
+    finally:
+        client.stop_stream()
+    assert all(v == [1, 2, 3, 4] for v in got.values()) and len(got) == 16
+    runs, images = _metric(triton, "anytime_stage_runs", 'stage="1"') - runs, \
+        _metric(triton, "anytime_stage_images", 'stage="1"') - images
+    assert images == 16 and runs < 16, (runs, images)
+
+
+def test_a_cancelled_request_runs_no_further_stage(triton):
+    deepest = _metric(triton, "anytime_stage_images", f'stage="{EXITS}"')
+    cancelled = _metric(triton, "anytime_progressive_requests", 'outcome="cancelled"')
+    client = tc.InferenceServerClient(triton.grpc_url)
+    first = queue.Queue()
+    client.start_stream(callback=lambda result, error: first.put(result))
+    client.async_stream_infer("anytime_progressive", _request(10_000), request_id="gone",
+                              enable_empty_final_response=True)
+    assert first.get(timeout=30).as_numpy("exit")[0] == 1
+    client.stop_stream(cancel_requests=True)  # the client goes away after its first exit
+    deadline = time.monotonic() + 10
+    while _metric(triton, "anytime_progressive_requests", 'outcome="cancelled"') == cancelled:
+        assert time.monotonic() < deadline, "the engine never saw the cancellation"
+        time.sleep(0.05)
+    assert _metric(triton, "anytime_stage_images", f'stage="{EXITS}"') == deepest
