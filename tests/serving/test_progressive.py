@@ -1,7 +1,5 @@
 """The progressive stage engine on a simulated clock: stopping at the deadline, EDF across stages with first exits
-protected, batches that keep the earliest deadline, cancellation."""
-
-import pytest
+protected, batches sized by deadlines, cancellation."""
 
 from anytime.serving.latency import LatencyProfile
 from anytime.serving.progressive import Job, StageEngine
