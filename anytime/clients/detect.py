@@ -65,14 +65,23 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
 
 def detect(address: str, data: bytes, budget_ms: float = 0.0, *, min_exit: int = 0, max_exit: int = 0,
            score_threshold: float = 0.0, deadline_ms: float | None = None, token: str | None = None,
-           tls_ca: str | Path | None = None, request_id: str = "") -> pb.DetectResponse:
-    """One Detect call; raises ``grpc.RpcError`` with the gateway's status code on failure."""
+           tls_ca: str | Path | None = None, request_id: str = "", progressive: bool = False):
+    """One Detect call; raises ``grpc.RpcError`` with the gateway's status code on failure.
+
+    With ``progressive``, a generator of every exit's answer as it arrives (DetectProgressive), the last one
+    marked ``final``."""
     request = pb.DetectRequest(encoded=data, budget_ms=budget_ms, min_exit=min_exit, max_exit=max_exit,
                                score_threshold=score_threshold, request_id=request_id)
+    timeout = deadline_ms / 1e3 if deadline_ms is not None else None
+    if progressive:
+        return _progressive(address, tls_ca, request, timeout, auth_metadata(token))
     with open_channel(address, tls_ca) as channel:
-        stub = pb_grpc.DetectorStub(channel)
-        timeout = deadline_ms / 1e3 if deadline_ms is not None else None
-        return stub.Detect(request, timeout=timeout, metadata=auth_metadata(token))
+        return pb_grpc.DetectorStub(channel).Detect(request, timeout=timeout, metadata=auth_metadata(token))
+
+
+def _progressive(address, tls_ca, request, timeout, metadata):
+    with open_channel(address, tls_ca) as channel:
+        yield from pb_grpc.DetectorStub(channel).DetectProgressive(request, timeout=timeout, metadata=metadata)
 
 
 def response_dict(response: pb.DetectResponse, client_ms: float | None = None) -> dict:
@@ -162,7 +171,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-exit", type=int, default=0, help="deepest exit allowed (default: the last)")
     p.add_argument("--score-threshold", type=float, default=0.0,
                    help="drop detections scoring below this (default: the model's own threshold)")
-    p.add_argument("--json", action="store_true", help="print only the response as JSON")
+    p.add_argument("--progressive", action="store_true",
+                   help="print every exit's detections as they arrive (DetectProgressive), the last one the answer")
+    p.add_argument("--json", action="store_true", help="print only the response as JSON (one line per exit with "
+                                                       "--progressive)")
     p.add_argument("--draw", type=Path, metavar="OUT.png", help="write the image with the detections drawn")
 
 
@@ -176,10 +188,20 @@ def run(args: argparse.Namespace, prog: str = "detect") -> int:
     except OSError as e:
         raise ClientError(f"cannot read image {args.image}: {e.strerror or e}") from None
     t0 = time.perf_counter()
+    kwargs = dict(min_exit=args.min_exit, max_exit=args.max_exit, score_threshold=args.score_threshold,
+                  deadline_ms=args.deadline_ms, token=args.token, tls_ca=args.tls_ca, request_id=args.image.name)
     try:
-        response = detect(args.server, data, args.budget_ms, min_exit=args.min_exit, max_exit=args.max_exit,
-                          score_threshold=args.score_threshold, deadline_ms=args.deadline_ms, token=args.token,
-                          tls_ca=args.tls_ca, request_id=args.image.name)
+        if args.progressive:
+            response = None
+            for response in detect(args.server, data, args.budget_ms, progressive=True, **kwargs):
+                at_ms = (time.perf_counter() - t0) * 1e3
+                if args.json:
+                    print(json.dumps(response_dict(response, at_ms)), flush=True)
+                else:
+                    print(f"{at_ms:7.1f} ms  exit {response.exit}{' (final)' if response.final else ''}: "
+                          f"{len(response.detections)} detections", flush=True)
+        else:
+            response = detect(args.server, data, args.budget_ms, **kwargs)
     except grpc.RpcError as e:
         print(f"{prog}: error: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
@@ -190,7 +212,8 @@ def run(args: argparse.Namespace, prog: str = "detect") -> int:
         except (OSError, ValueError) as e:
             raise ClientError(f"cannot draw onto {args.image} or write {args.draw}: {e}") from None
     if args.json:
-        print(json.dumps(response_dict(response, client_ms)))
+        if not args.progressive:
+            print(json.dumps(response_dict(response, client_ms)))
     else:
         print(format_response(response, args.image.name))
         print(f"client: {client_ms:.1f} ms end to end, "

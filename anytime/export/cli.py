@@ -18,6 +18,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--instances", type=int, default=1, help="model instances per exit")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.add_argument("--max-stage-batch", type=int, default=8,
+                   help="progressive model: requests one stage call may batch (1: no stage batching)")
+    p.add_argument("--no-stages", action="store_true", help="per-exit models only, no progressive model")
     p.set_defaults(func=run_export)
 
 
@@ -35,7 +38,11 @@ def run_export(args) -> int:
     except CheckpointError as e:
         raise UserError(str(e)) from None
     out = Path(args.out) if args.out else DEFAULT_REPOSITORY
+    if args.max_stage_batch < 1:
+        raise UserError(f"--max-stage-batch must be >= 1, got {args.max_stage_batch}")
     manifest = export_repository(model, meta, out, backend=args.backend, max_batch_size=args.max_batch_size,
-                                 instances=args.instances, verify=not args.no_verify)
-    print(f"wrote {len(manifest['exits'])} exits to {out}/ ({args.backend} backend); manifest: {out / 'manifest.json'}")
+                                 instances=args.instances, verify=not args.no_verify, stages=not args.no_stages,
+                                 max_stage_batch=args.max_stage_batch)
+    stages = f" and {len(manifest['progressive']['stages'])} stages" if manifest.get("progressive") else ""
+    print(f"wrote {len(manifest['exits'])} exits{stages} to {out}/ ({args.backend} backend); manifest: {out / 'manifest.json'}")
     return 0

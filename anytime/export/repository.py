@@ -189,7 +189,8 @@ class ProgressiveModelConfig:
         cfg.input.add(name="exits", data_type=mc.TYPE_INT32, dims=[2])  # shallowest and deepest exit allowed
         for name, dtype, dims in OUTPUTS:  # one image per request: its batch axis is the leading 1
             cfg.output.add(name=name, data_type=mc.DataType.Value(dtype), dims=[1, *dims(d)])
-        cfg.output.add(name="exit", data_type=mc.TYPE_INT32, dims=[1])
+        cfg.output.add(name="exit", data_type=mc.TYPE_INT32, dims=[1])  # 0: the end marker of a stopped request
+        cfg.output.add(name="final", data_type=mc.TYPE_INT32, dims=[1])  # 1 on a request's last response
         kind = mc.ModelInstanceGroup.KIND_GPU if self.kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
         cfg.instance_group.add(count=1, kind=kind)
         params = {"stages": ",".join(stage_file(k) for k in range(1, self.num_stages + 1)),

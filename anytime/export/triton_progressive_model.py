@@ -2,7 +2,9 @@
 
 Copied as ``model.py`` into ``anytime_progressive/1/`` beside ``stage1.onnx`` .. ``stageK.onnx``. Each request is
 one image with what is left of its budget and its allowed exits; each exit's detections go back as their own
-response the moment the stage that computes them ends, the last one flagged final. Between stages a request's
+response the moment the stage that computes them ends. Every response carries ``exit`` and ``final`` (1 on the
+request's last one; a request stopped before its deepest allowed exit ends with ``exit`` 0, ``final`` 1), so a
+client knows the stream is over without Triton's reserved empty-final-response parameter. Between stages a request's
 features stay here, in this process's memory: they never cross the wire (measured against passing them through
 Triton's shared memory, see the README), and one copy of each stage's weights serves every request.
 
@@ -191,6 +193,7 @@ class TritonPythonModel:
             final = stage >= job.max_exit
             tensors = [pb_utils.Tensor(n, np.ascontiguousarray(out[n][i:i + 1], dtype=DTYPES[n])) for n in DETECTIONS]
             tensors.append(pb_utils.Tensor("exit", np.array([stage], np.int32)))
+            tensors.append(pb_utils.Tensor("final", np.array([int(final)], np.int32)))
             try:
                 job.payload.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=FINAL if final else 0)
             except Exception:  # the client is gone
@@ -208,8 +211,10 @@ class TritonPythonModel:
         try:
             if message is not None and job.exit == 0:
                 job.payload.sender.send(_error(f"{self.name}: {message}"), flags=FINAL)
-            else:
-                job.payload.sender.send(flags=FINAL)
+            else:  # stopped before its deepest allowed exit: an end marker
+                marker = [pb_utils.Tensor("exit", np.array([0], np.int32)),
+                          pb_utils.Tensor("final", np.array([1], np.int32))]
+                job.payload.sender.send(pb_utils.InferenceResponse(output_tensors=marker), flags=FINAL)
         except Exception:
             pass
 

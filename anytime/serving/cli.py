@@ -31,7 +31,11 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--default-budget-ms", type=float, default=200.0, help="budget of requests that bring none")
     p.add_argument("--when-infeasible", choices=["reject", "first_exit"], default="reject",
                    help="a budget below the first exit's latency: reject (DEADLINE_EXCEEDED) or run exit 1 anyway")
-    p.add_argument("--slots", type=int, default=1, help="requests in flight per Triton endpoint (default: %(default)s)")
+    p.add_argument("--execution", choices=["progressive", "upfront"], default="progressive",
+                   help="progressive (default): every request runs stage by stage through the progressive model and "
+                        "is answered at its deadline with the deepest exit reached; upfront: one exit per request, "
+                        "chosen before it starts, through the per-exit models")
+    p.add_argument("--slots", type=int, default=1, help="upfront: requests in flight per Triton endpoint (default: %(default)s)")
     p.add_argument("--quantile", type=float, default=0.95, help="latency quantile the scheduler plans with")
     p.add_argument("--token", default=None, help="require 'authorization: Bearer TOKEN' on Detector calls")
     p.add_argument("--tls-cert", type=Path, default=None)
@@ -71,6 +75,7 @@ def run(args) -> int:
         config = GatewayConfig(
             repository=repository, endpoints=endpoints, host=args.host, port=args.port, metrics_port=args.metrics_port,
             default_budget_ms=args.default_budget_ms, token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            execution=args.execution,
             max_message_bytes=int(args.max_message_mb * 1024 * 1024),
             scheduler=SchedulerConfig(quantile=args.quantile, when_infeasible=args.when_infeasible,
                                       slots_per_endpoint=args.slots))
@@ -82,8 +87,8 @@ async def _serve(config) -> None:
     from anytime.serving.gateway import Gateway
 
     gateway = await Gateway(config).start()
-    print(f"anytime gateway serving on {config.host}:{gateway.port} (exits {gateway.exits}); Ctrl-C or SIGTERM stops it",
-          flush=True)
+    print(f"anytime gateway serving on {config.host}:{gateway.port} (exits {gateway.exits}, {config.execution} "
+          "execution); Ctrl-C or SIGTERM stops it", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,9 +1,10 @@
 """The anytime gateway: a gRPC ``Detector`` service that answers each request from the deepest exit its
-budget allows, dispatching to one or more Triton servers through tritonclient's asyncio gRPC client.
+budget allows, on one or more Triton servers through tritonclient's asyncio gRPC client.
 
 The budget of a request is the smaller of its gRPC deadline's remaining time and its explicit ``budget_ms``
-(the configured default when it has neither). ``anytime.serving.scheduler`` decides admission, order and exit;
-this module does the I/O: decoding, Triton calls, health, metrics, auth and shutdown.
+(the configured default when it has neither). ``anytime.serving.scheduler`` decides admission (and, upfront, the
+exit); ``anytime.serving.execution`` runs requests, progressively (the default) or upfront. This module does the
+rest of the I/O: the RPCs, decoding, health, metrics, auth and shutdown.
 """
 
 from __future__ import annotations
@@ -19,19 +20,16 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import tritonclient.grpc.aio as triton_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from tritonclient.utils import InferenceServerException
 
-from anytime.imaging import BadImage, boxes_to_original, decode, from_pixels, letterbox
 from anytime.export.repository import read_manifest
-from anytime.serving.latency import LatencyProfile
-from anytime.serving.measure import infer_exit, time_triton
-from anytime.serving.scheduler import Rejected, Request, Scheduler, SchedulerConfig
+from anytime.imaging import BadImage, boxes_to_original, decode, from_pixels, letterbox
 from anytime.serving.api import anytime_pb2 as pb
 from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+from anytime.serving.execution import EXECUTIONS, Failure, Pending
 from anytime.serving.metrics import GatewayMetrics
+from anytime.serving.scheduler import Rejected, Request, SchedulerConfig
 
 log = logging.getLogger("anytime.gateway")
 SERVICE_NAME = "anytime.v1.Detector"
@@ -61,17 +59,11 @@ class GatewayConfig:
     spot_check_tolerance: float = 2.0
     health_interval_s: float = 0.5
     decode_workers: int = 2  # images decoded at once; admitted requests beyond wait their turn (in order)
+    execution: str = "progressive"  # "progressive" (stage by stage, answered at the deadline) or "upfront"
+    # progressive: a request is answered this long before its deadline with the exit it has (building and
+    # sending the answer takes about that long on a busy 2-core machine)
+    answer_margin_ms: float = 3.0
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-
-
-@dataclass(eq=False)
-class _Pending:
-    """An admitted request: where its answer goes, and (once decoded) what the Triton call needs."""
-
-    future: asyncio.Future
-    arrival: float
-    pixels: np.ndarray | None = None
-    dispatched: float | None = None
 
 
 class Gateway(pb_grpc.DetectorServicer):
@@ -84,9 +76,9 @@ class Gateway(pb_grpc.DetectorServicer):
         self.class_names = list(self.manifest["class_names"])
         self.cat_ids = list(self.manifest.get("cat_ids") or range(1, len(self.class_names) + 1))
         self.metrics = GatewayMetrics()
-        self.clients: dict[str, triton_aio.InferenceServerClient] = {}
-        self.scheduler: Scheduler | None = None
-        self.priors: dict[str, str] = {}  # endpoint -> where its latency prior came from ("manifest", "calibrated")
+        if config.execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {sorted(EXECUTIONS)}, got {config.execution!r}")
+        self.execution = EXECUTIONS[config.execution](self)
         self._tasks: set[asyncio.Task] = set()
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -101,43 +93,16 @@ class Gateway(pb_grpc.DetectorServicer):
         # Warm the decode/resize path once so the first request does not pay for lazy imports and allocations.
         await asyncio.get_running_loop().run_in_executor(self._decoder, letterbox, _blank_image(self.image_size),
                                                          self.image_size)
-        profiles = {}
-        for address in self.config.endpoints:
-            client = triton_aio.InferenceServerClient(address)
-            self.clients[address] = client
-            profiles[address] = await self._calibrate(address, client)
-        self.scheduler = Scheduler(profiles, self.config.scheduler)
+        await self.execution.start()
         for address in self.config.endpoints:
             self.metrics.endpoint_up.labels(address).set(1)
-        self._spawn(self._probe_health())
+        self.spawn(self._probe_health())
         await self._serve()
         return self
 
-    async def _calibrate(self, address: str, client) -> LatencyProfile:
-        """This endpoint's latency prior: the manifest's measured profile (``anytime profile``) when a quick spot
-        check says the endpoint still runs at that speed, else ``calibration_runs`` fresh calls per exit."""
-        c = self.config
-        try:
-            manifest = _manifest_samples(self.manifest, self.exits)
-            if manifest is not None:
-                spot = await time_triton(client, self.models, self.image_size, c.spot_check_runs, warmup=2)
-                off = {e: float(np.median(spot[e])) * 1e3 / float(np.median(manifest[e])) for e in self.exits}
-                if all(1 / c.spot_check_tolerance <= r <= c.spot_check_tolerance for r in off.values()):
-                    log.info("endpoint %s: the manifest's latency profile holds (spot check / profile: %s)", address,
-                             ", ".join(f"exit {e} {r:.2f}" for e, r in off.items()))
-                    self.priors[address] = "manifest"
-                    return LatencyProfile.from_samples(manifest, quantile=c.scheduler.quantile)
-                log.info("endpoint %s: the manifest's profile is off (spot check / profile: %s); calibrating", address,
-                         ", ".join(f"exit {e} {r:.2f}" for e, r in off.items()))
-            samples = await time_triton(client, self.models, self.image_size, c.calibration_runs, warmup=5)
-        except InferenceServerException as e:
-            raise RuntimeError(f"endpoint {address}: calibration failed: {e.message()}") from None
-        self.priors[address] = "calibrated"
-        for exit, s in samples.items():
-            log.info("endpoint %s exit %d: p50 %.1f ms, p95 %.1f ms", address, exit, np.percentile(s, 50) * 1e3,
-                     np.percentile(s, 95) * 1e3)
-        return LatencyProfile.from_samples({e: [x * 1e3 for x in s] for e, s in samples.items()},
-                                           quantile=c.scheduler.quantile)
+    @property
+    def scheduler(self):
+        return self.execution.scheduler
 
     async def _serve(self) -> None:
         c = self.config
@@ -177,7 +142,7 @@ class Gateway(pb_grpc.DetectorServicer):
     async def _probe_health(self) -> None:
         """Mark endpoints up or down, so requests fail fast (UNAVAILABLE) while a server is gone."""
         while not self._stopping:
-            for address, client in self.clients.items():
+            for address, client in self.execution.clients.items():
                 try:
                     up = await asyncio.wait_for(client.is_server_ready(), timeout=1.0)
                 except Exception:
@@ -185,19 +150,14 @@ class Gateway(pb_grpc.DetectorServicer):
                 was = address in self.scheduler.available
                 if up != was:
                     log.warning("endpoint %s is %s", address, "back" if up else "down")
-                    self._set_endpoint(address, up)
+                    self.set_endpoint(address, up)
             await asyncio.sleep(self.config.health_interval_s)
 
-    def _set_endpoint(self, address: str, up: bool) -> None:
+    def set_endpoint(self, address: str, up: bool) -> None:
         self.scheduler.set_available(address, up)
         self.metrics.endpoint_up.labels(address).set(1 if up else 0)
-        if not self.scheduler.available:  # nothing can serve the queue now: fail it at once, not at its deadline
-            for req in self.scheduler.drain():
-                _settle(req.payload.future, exception=_Failure(grpc.StatusCode.UNAVAILABLE,
-                                                               "no inference server is reachable right now"))
+        self.execution.endpoint_changed(address, up)
         asyncio.ensure_future(self._set_health(bool(self.scheduler.available) and not self._stopping))
-        if up:
-            self._pump()
 
     # -- shutdown -------------------------------------------------------------------------------------------
     async def stop(self, grace: float = 5.0) -> None:
@@ -208,8 +168,7 @@ class Gateway(pb_grpc.DetectorServicer):
             await self._server.stop(grace)
         for task in list(self._tasks):
             task.cancel()
-        for client in self.clients.values():
-            await client.close()
+        await self.execution.close()
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
     async def wait(self) -> None:
@@ -219,8 +178,47 @@ class Gateway(pb_grpc.DetectorServicer):
     async def Detect(self, request, context):
         try:
             return await self._detect(request, context.time_remaining())
-        except _Failure as f:
+        except Failure as f:
             await context.abort(f.code, f.message)
+
+    async def DetectProgressive(self, request, context):
+        """Each exit's detections as soon as they exist, in increasing order. The deepest allowed exit comes
+        marked ``final``; when the request ends before it (its deadline, or no time for another stage), a last
+        message marked ``final`` repeats the answer: the last message is always the whole answer."""
+        exits: asyncio.Queue = asyncio.Queue()
+        deepest = min(request.max_exit or self.exits[-1], self.exits[-1])
+        task = asyncio.ensure_future(self._detect(request, context.time_remaining(), on_exit=exits.put_nowait))
+        answered = False
+        try:
+            while True:
+                getter = asyncio.ensure_future(exits.get())
+                finished, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in finished:
+                    message = getter.result()
+                    message.final = answered = message.exit >= deepest
+                    yield message
+                    if answered:
+                        return
+                    continue
+                getter.cancel()
+                try:
+                    answer = task.result()
+                except Failure as f:
+                    await context.abort(f.code, f.message)
+                    return
+                while not exits.empty():  # exits that arrived together with the end
+                    message = exits.get_nowait()
+                    message.final = message.exit >= deepest
+                    yield message
+                    if message.final:
+                        return
+                answer.final = True
+                yield answer
+                return
+        finally:
+            if answered:  # the request's own end is a moment away: let it count as answered, not cancelled
+                await asyncio.wait({task}, timeout=1.0)
+            task.cancel()
 
     async def DetectStream(self, request_iterator, context):
         """Answers in completion order, one per request, whatever happens to each; when the client goes away
@@ -232,7 +230,7 @@ class Gateway(pb_grpc.DetectorServicer):
         async def one(req):
             try:
                 answer = await self._detect(req, context.time_remaining())
-            except _Failure as f:
+            except Failure as f:
                 answer = _error_item(req, f.code, f.message)
             except Exception as e:  # a bug in one item must not hang the stream: answer it as INTERNAL
                 log.exception("stream item %r failed", req.request_id)
@@ -267,29 +265,32 @@ class Gateway(pb_grpc.DetectorServicer):
         for address in self.config.endpoints:
             prof = self.scheduler.profiles[address]
             endpoints.append(pb.EndpointInfo(
-                address=address, ready=address in self.scheduler.available, prior=self.priors.get(address, ""),
+                address=address, ready=address in self.scheduler.available,
+                prior=self.execution.priors.get(address, ""),
                 profile=[pb.ExitProfile(exit=e, p50_ms=prof.predict(e, 1, 0.5) * 1e3, p95_ms=prof.predict(e, 1, 0.95) * 1e3)
                          for e in self.exits]))
         return pb.ModelInfo(exits=self.exits, image_size=self.image_size, class_names=self.class_names,
                             category_ids=self.cat_ids, endpoints=endpoints,
-                            default_budget_ms=self.config.default_budget_ms)
+                            default_budget_ms=self.config.default_budget_ms, execution=self.execution.name)
 
     # -- one request ----------------------------------------------------------------------------------------
-    async def _detect(self, request, grpc_remaining: float | None) -> pb.DetectResponse:
+    async def _detect(self, request, grpc_remaining: float | None, on_exit=None) -> pb.DetectResponse:
+        """One request, start to end. ``on_exit`` receives an answer for every exit as it arrives (progressive
+        execution; upfront has one exit); the return value is the final answer."""
         arrival = time.monotonic()
         status = "OK"
         req = None
         try:
             if self._stopping:
-                raise _Failure(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
+                raise Failure(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
             budget = self._budget(request, grpc_remaining)
             if not 0.0 <= request.score_threshold <= 1.0:
-                raise _Failure(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"score_threshold must be within [0, 1], got {request.score_threshold}")
+                raise Failure(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"score_threshold must be within [0, 1], got {request.score_threshold}")
             # Admission before decoding, and it reserves the request's place: under overload a refused request
             # costs (almost) nothing, and a burst is judged against itself, not against an empty queue.
             loop = asyncio.get_running_loop()
-            pending = _Pending(loop.create_future(), arrival)
+            pending = Pending(loop.create_future(), arrival)
             req = Request(deadline=arrival + budget, arrival=arrival, min_exit=request.min_exit or 1,
                           max_exit=request.max_exit or None, payload=pending)
             try:
@@ -297,20 +298,22 @@ class Gateway(pb_grpc.DetectorServicer):
             except Rejected as r:
                 req = None
                 raise self._refused(r) from None
-            self._update_gauges()
+            self.update_gauges()
             async with self._decode_slots:
                 if req.state != "queued":  # drained while waiting to decode (no endpoint left)
                     await pending.future
                 used = time.monotonic() - arrival
                 if used >= budget:
-                    raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                   f"the budget ran out ({used * 1e3:.1f} of {budget * 1e3:.1f} ms) before decoding")
+                    raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"the budget ran out ({used * 1e3:.1f} of {budget * 1e3:.1f} ms) before decoding")
                 try:
                     pending.pixels, scale, size = await loop.run_in_executor(self._decoder, self._prepare, request)
                 except BadImage as e:
-                    raise _Failure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-            self.scheduler.mark_ready(req, time.monotonic())
-            self._pump()
+                    raise Failure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+            if on_exit is not None:
+                pending.on_exit = lambda exit, outputs: on_exit(
+                    self._answer(request, exit, outputs, scale, size, pending, budget, final=False))
+            self.execution.ready(req)
             # Wait for the answer until the gRPC deadline, or a little past the budget (a late answer is still
             # returned, marked budget_met=false); a request still queued then leaves the queue.
             wait = grpc_remaining if grpc_remaining is not None else budget + LATE_ANSWER_GRACE_S
@@ -318,25 +321,15 @@ class Gateway(pb_grpc.DetectorServicer):
             try:
                 exit, endpoint, outputs = await asyncio.wait_for(asyncio.shield(pending.future), timeout=max(wait, 0.0))
             except asyncio.TimeoutError:
-                raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {wait * 1e3:.0f} ms") from None
-            done = time.monotonic()
-            response = pb.DetectResponse(
-                detections=self._detections(outputs, scale, size, request.score_threshold),
-                exit=exit, exits_available=self.exits, endpoint=endpoint, request_id=request.request_id)
-            # Stamped last, once the answer is built: what is left (serialising, sending) is the margin's to cover.
-            total = time.monotonic() - arrival
-            met = total <= budget
-            response.budget_met = met
-            response.timing.CopyFrom(pb.Timing(queue_ms=(pending.dispatched - arrival) * 1e3,
-                                               inference_ms=(done - pending.dispatched) * 1e3, total_ms=total * 1e3,
-                                               budget_ms=budget * 1e3))
+                raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {wait * 1e3:.0f} ms") from None
+            response = self._answer(request, exit, outputs, scale, size, pending, budget, final=True, endpoint=endpoint)
             self.metrics.exit_used.labels(str(exit)).inc()
-            self.metrics.budget.labels("met" if met else "missed").inc()
+            self.metrics.budget.labels("met" if response.budget_met else "missed").inc()
             self.metrics.latency.labels("queue").observe(pending.dispatched - arrival)
-            self.metrics.latency.labels("inference").observe(done - pending.dispatched)
-            self.metrics.latency.labels("total").observe(total)
+            self.metrics.latency.labels("inference").observe(arrival + response.timing.total_ms / 1e3 - pending.dispatched)
+            self.metrics.latency.labels("total").observe(response.timing.total_ms / 1e3)
             return response
-        except _Failure as f:
+        except Failure as f:
             status = f.code.name
             raise
         except asyncio.CancelledError:  # the client went away
@@ -345,23 +338,41 @@ class Gateway(pb_grpc.DetectorServicer):
         finally:
             if req is not None:
                 self.scheduler.cancel(req)  # a no-op once it started; frees its reservation otherwise
+                run = req.payload.task
+                if run is not None and not run.done():  # the client went away: its remaining stages are dropped
+                    run.cancel()
             self.metrics.requests.labels(status).inc()
-            self._update_gauges()
+            self.update_gauges()
 
-    def _refused(self, r: Rejected) -> "_Failure":
+    def _answer(self, request, exit: int, outputs: dict, scale: float, size, pending, budget: float, final: bool,
+                endpoint: str = "") -> pb.DetectResponse:
+        response = pb.DetectResponse(
+            detections=self._detections(outputs, scale, size, request.score_threshold), exit=exit,
+            exits_available=self.exits, endpoint=endpoint, request_id=request.request_id, final=final)
+        # Stamped last, once the answer is built: what is left (serialising, sending) is the margin's to cover.
+        now = time.monotonic()
+        total = now - pending.arrival
+        response.budget_met = total <= budget
+        dispatched = pending.dispatched if pending.dispatched is not None else now
+        response.timing.CopyFrom(pb.Timing(queue_ms=(dispatched - pending.arrival) * 1e3,
+                                           inference_ms=(now - dispatched) * 1e3, total_ms=total * 1e3,
+                                           budget_ms=budget * 1e3))
+        return response
+
+    def _refused(self, r: Rejected) -> Failure:
         if r.code == "RESOURCE_EXHAUSTED":
             self.metrics.shed.labels("overload").inc()
         elif r.code == "DEADLINE_EXCEEDED":
             self.metrics.shed.labels("infeasible").inc()
-        return _Failure(_CODES[r.code], str(r))
+        return Failure(_CODES[r.code], str(r))
 
     def _budget(self, request, grpc_remaining: float | None) -> float:
         """Seconds: min(gRPC deadline, explicit budget), else the default; absurd values are refused."""
         b = request.budget_ms
         if math.isnan(b) or math.isinf(b) or b < 0:
-            raise _Failure(grpc.StatusCode.INVALID_ARGUMENT, f"budget_ms must be a finite number >= 0, got {b}")
+            raise Failure(grpc.StatusCode.INVALID_ARGUMENT, f"budget_ms must be a finite number >= 0, got {b}")
         if b > self.config.max_budget_ms:
-            raise _Failure(grpc.StatusCode.INVALID_ARGUMENT,
+            raise Failure(grpc.StatusCode.INVALID_ARGUMENT,
                            f"budget_ms {b:.0f} is above the limit of {self.config.max_budget_ms:.0f} ms")
         candidates = [x for x in (b / 1e3 if b > 0 else None, grpc_remaining) if x is not None]
         return min(candidates) if candidates else self.config.default_budget_ms / 1e3
@@ -382,70 +393,16 @@ class Gateway(pb_grpc.DetectorServicer):
                                     category_id=int(self.cat_ids[label]), category_name=self.class_names[label]))
         return out
 
-    # -- dispatch ---------------------------------------------------------------------------------------------
-    def _pump(self) -> None:
-        started, expired = self.scheduler.dispatch(time.monotonic())
-        for req in expired:
-            self.metrics.shed.labels("expired").inc()
-            _settle(req.payload.future, exception=_Failure(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "the budget ran out while the request waited for a slot"))
-        for a in started:
-            a.request.payload.dispatched = time.monotonic()
-            self._spawn(self._run(a))
-        self._update_gauges()
-
-    async def _run(self, a) -> None:
-        pending: _Pending = a.request.payload
-        client = self.clients[a.endpoint]
-        t0 = time.monotonic()
-        censored = True  # a failed call still took this long at least: the profile learns that
-        try:
-            # The Triton call may take until the request's deadline (plus a little, to still report it late).
-            timeout = max(a.request.deadline - t0, 0.0) + 1.0
-            outputs = await infer_exit(client, self.models[a.exit], pending.pixels, timeout)
-            censored = False
-            _settle(pending.future, result=(a.exit, a.endpoint, outputs))
-        except InferenceServerException as e:
-            unreachable = "UNAVAILABLE" in str(e.status()) or "failed to connect" in e.message().lower()
-            if unreachable:
-                self._set_endpoint(a.endpoint, False)
-            code = grpc.StatusCode.UNAVAILABLE if unreachable else (
-                grpc.StatusCode.DEADLINE_EXCEEDED if "DEADLINE" in str(e.status()) else grpc.StatusCode.INTERNAL)
-            _settle(pending.future, exception=_Failure(code, f"inference server {a.endpoint}: {e.message()}"))
-        except Exception as e:  # never leave a caller waiting
-            _settle(pending.future, exception=_Failure(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
-        finally:
-            now = time.monotonic()
-            unreachable = a.endpoint not in self.scheduler.available
-            latency = None if unreachable else now - t0  # a refused connection says nothing about speed
-            self.scheduler.complete(a, now, latency, censored=censored)
-            self._pump()
-
-    def _update_gauges(self) -> None:
+    def update_gauges(self) -> None:
         if self.scheduler is not None:
             self.metrics.queue_depth.set(self.scheduler.queued)
             self.metrics.in_flight.set(sum(len(b) for b in self.scheduler.busy.values()))
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-def _manifest_samples(manifest: dict, exits: list[int]) -> dict[int, list[float]] | None:
-    """Batch-1 Triton latency samples (ms) per exit from the manifest's profile, if it has them for every exit.
-
-    The exporter keeps a profile only while the models are the very ones it was measured on (by hash)."""
-    exits_prof = ((manifest.get("latency_profile") or {}).get("triton") or {}).get("exits") or {}
-    out = {}
-    for e in exits:
-        per_batch = exits_prof.get(str(e)) or exits_prof.get(e) or {}
-        stats = per_batch.get("1") or per_batch.get(1) or {}
-        if len(stats.get("samples_ms") or []) < 10:
-            return None
-        out[e] = list(stats["samples_ms"])
-    return out
 
 
 def prepare_image(request, image_size: int, max_pixels: int) -> tuple[np.ndarray, float, tuple[int, int]]:
@@ -468,23 +425,8 @@ def _blank_image(size: int):
     return Image.new("RGB", (size, size))
 
 
-class _Failure(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
 def _error_item(req, code: grpc.StatusCode, message: str) -> pb.DetectResponse:
     return pb.DetectResponse(request_id=req.request_id, error_code=code.value[0], error_message=message)
-
-
-def _settle(future: asyncio.Future, result=None, exception: Exception | None = None) -> None:
-    if future.done():
-        return
-    if exception is not None:
-        future.set_exception(exception)
-    else:
-        future.set_result(result)
 
 
 class _TokenAuth(grpc.aio.ServerInterceptor):
@@ -496,8 +438,13 @@ class _TokenAuth(grpc.aio.ServerInterceptor):
         async def deny(request, context):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-        self._deny_stream = grpc.stream_stream_rpc_method_handler(deny)
+        async def deny_stream(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+            yield  # a generator: the handler of a streaming method
+
+        self._deny = {"unary_unary": grpc.unary_unary_rpc_method_handler(deny),
+                      "unary_stream": grpc.unary_stream_rpc_method_handler(deny_stream),
+                      "stream_stream": grpc.stream_stream_rpc_method_handler(deny_stream)}
 
     async def intercept_service(self, continuation, details):
         if not details.method.startswith(f"/{SERVICE_NAME}/"):
@@ -507,4 +454,6 @@ class _TokenAuth(grpc.aio.ServerInterceptor):
         # constant-time: a byte-by-byte compare would tell an attacker how much of a guess was right
         if isinstance(given, str) and hmac.compare_digest(given.encode(), self._expected.encode()):
             return await continuation(details)
-        return self._deny_stream if details.method.endswith("Stream") else self._deny
+        kind = {"DetectStream": "stream_stream", "DetectProgressive": "unary_stream"}.get(details.method.rsplit("/", 1)[-1],
+                                                                                         "unary_unary")
+        return self._deny[kind]

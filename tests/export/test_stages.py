@@ -84,12 +84,11 @@ def _collect(answers, n_requests: int, timeout=30.0) -> dict[str, list]:
             got.setdefault(error.request_id() if hasattr(error, "request_id") else "?", []).append(str(error))
             finals += 1
             continue
-        response = result.get_response()
-        rid = response.id
-        exit = result.as_numpy("exit")
-        if exit is not None:
-            got.setdefault(rid, []).append(int(exit[0]))
-        if response.parameters["triton_final_response"].bool_param:
+        rid = result.get_response().id
+        exit = int(result.as_numpy("exit")[0])
+        if exit:
+            got.setdefault(rid, []).append(exit)
+        if result.as_numpy("final")[0]:
             finals += 1
     return got
 
@@ -102,14 +101,11 @@ def _metric(server, name: str, label: str) -> float:
 def test_exits_stream_in_increasing_order_and_an_impossible_budget_is_an_error(triton):
     client, answers = _stream(triton)
     try:
-        client.async_stream_infer("anytime_progressive", _request(10_000), request_id="deep",
-                                  enable_empty_final_response=True)
-        client.async_stream_infer("anytime_progressive", _request(10_000, exits=(1, 2)), request_id="capped",
-                                  enable_empty_final_response=True)
+        client.async_stream_infer("anytime_progressive", _request(10_000), request_id="deep")
+        client.async_stream_infer("anytime_progressive", _request(10_000, exits=(1, 2)), request_id="capped")
         got = _collect(answers, 2)
         assert got["deep"] == [1, 2, 3, 4] and got["capped"] == [1, 2]
-        client.async_stream_infer("anytime_progressive", _request(0.01), request_id="hopeless",
-                                  enable_empty_final_response=True)
+        client.async_stream_infer("anytime_progressive", _request(0.01), request_id="hopeless")
         result, error = answers.get(timeout=30)
         assert error is not None and "no exit can be computed within the budget" in str(error)
     finally:
@@ -122,8 +118,7 @@ def test_requests_waiting_at_a_stage_share_one_call(triton):
     client, answers = _stream(triton)
     try:
         for i in range(16):
-            client.async_stream_infer("anytime_progressive", _request(10_000, seed=i), request_id=str(i),
-                                      enable_empty_final_response=True)
+            client.async_stream_infer("anytime_progressive", _request(10_000, seed=i), request_id=str(i))
         got = _collect(answers, 16)
     finally:
         client.stop_stream()
@@ -139,8 +134,7 @@ def test_a_cancelled_request_runs_no_further_stage(triton):
     client = tc.InferenceServerClient(triton.grpc_url)
     first = queue.Queue()
     client.start_stream(callback=lambda result, error: first.put(result))
-    client.async_stream_infer("anytime_progressive", _request(10_000), request_id="gone",
-                              enable_empty_final_response=True)
+    client.async_stream_infer("anytime_progressive", _request(10_000), request_id="gone")
     assert first.get(timeout=30).as_numpy("exit")[0] == 1
     client.stop_stream(cancel_requests=True)  # the client goes away after its first exit
     deadline = time.monotonic() + 10

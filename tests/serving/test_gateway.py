@@ -87,19 +87,22 @@ def test_raw_tensors_and_score_threshold(stub):
     assert all(d.score >= 0.985 for d in some.detections)
 
 
-def _serve_random_model(tmp_path_factory, name: str, logit_std: float, **config) -> ServingStack:
+def _serve_random_model(tmp_path_factory, name: str, logit_std: float, execution: str = "progressive",
+                        **config) -> ServingStack:
     out = tmp_path_factory.mktemp(name) / "repo"
     model = random_detector(tiny_config(**config), logit_std=logit_std)
     # Equivalence with PyTorch is tests/export's job; a big random model has NMS ties at the IoU threshold.
-    export_repository(model, {}, out, verify=False, progress=lambda *_: None)
-    return ServingStack(out)
+    export_repository(model, {}, out, verify=False, stages=execution == "progressive", progress=lambda *_: None)
+    return ServingStack(out, gateway_args=("--execution", execution))
 
 
 @pytest.fixture(scope="module")
 def deep_stack(tmp_path_factory):
-    """Twelve exits with a light head: the deepest exit is clearly slower than the first (about 2x)."""
-    with _serve_random_model(tmp_path_factory, "deep", 0.05, repeats=12, width=48, image_size=256, head_convs=1,
-                             score_thresh=0.97) as s:
+    """Twelve exits with a light head: the deepest exit is clearly slower than the first (about 2x). Upfront
+    execution: one exit chosen per request before it runs (tests/serving/test_progressive_gateway.py has the
+    progressive counterpart)."""
+    with _serve_random_model(tmp_path_factory, "deep", 0.05, execution="upfront", repeats=12, width=48,
+                             image_size=256, head_convs=1, score_thresh=0.97) as s:
         yield s
 
 
@@ -476,8 +479,8 @@ def test_the_manifests_measured_profile_is_the_prior_when_a_spot_check_confirms_
     assert main(["profile", "--repository", str(copy), "--backends", "triton", "--batch-sizes", "1", "--runs", "20",
                  "--out", str(tmp_path / "profile")]) == 0
 
-    def prior() -> str:
-        with ServingStack(copy) as s, grpc.insecure_channel(s.address) as ch:
+    def prior() -> str:  # the manifest's profile is of the exit models: upfront execution's prior
+        with ServingStack(copy, gateway_args=("--execution", "upfront")) as s, grpc.insecure_channel(s.address) as ch:
             return pb_grpc.DetectorStub(ch).GetModelInfo(pb.ModelInfoRequest()).endpoints[0].prior
     assert prior() == "manifest"
     manifest = read_manifest(copy)

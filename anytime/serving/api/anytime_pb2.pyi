@@ -67,7 +67,7 @@ class Timing(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., budget_ms: _Optional[float] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
-    __slots__ = ("detections", "exit", "exits_available", "timing", "budget_met", "endpoint", "request_id", "error_code", "error_message")
+    __slots__ = ("detections", "exit", "exits_available", "timing", "budget_met", "endpoint", "request_id", "error_code", "error_message", "final")
     DETECTIONS_FIELD_NUMBER: _ClassVar[int]
     EXIT_FIELD_NUMBER: _ClassVar[int]
     EXITS_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class DetectResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
     detections: _containers.RepeatedCompositeFieldContainer[Detection]
     exit: int
     exits_available: _containers.RepeatedScalarFieldContainer[int]
@@ -86,7 +87,8 @@ class DetectResponse(_message.Message):
     request_id: str
     error_code: int
     error_message: str
-    def __init__(self, detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., exit: _Optional[int] = ..., exits_available: _Optional[_Iterable[int]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., budget_met: _Optional[bool] = ..., endpoint: _Optional[str] = ..., request_id: _Optional[str] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+    final: bool
+    def __init__(self, detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., exit: _Optional[int] = ..., exits_available: _Optional[_Iterable[int]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., budget_met: _Optional[bool] = ..., endpoint: _Optional[str] = ..., request_id: _Optional[str] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., final: _Optional[bool] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ()
@@ -115,17 +117,19 @@ class EndpointInfo(_message.Message):
     def __init__(self, address: _Optional[str] = ..., ready: _Optional[bool] = ..., profile: _Optional[_Iterable[_Union[ExitProfile, _Mapping]]] = ..., prior: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("exits", "image_size", "class_names", "category_ids", "endpoints", "default_budget_ms")
+    __slots__ = ("exits", "image_size", "class_names", "category_ids", "endpoints", "default_budget_ms", "execution")
     EXITS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_IDS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_FIELD_NUMBER: _ClassVar[int]
     exits: _containers.RepeatedScalarFieldContainer[int]
     image_size: int
     class_names: _containers.RepeatedScalarFieldContainer[str]
     category_ids: _containers.RepeatedScalarFieldContainer[int]
     endpoints: _containers.RepeatedCompositeFieldContainer[EndpointInfo]
     default_budget_ms: float
-    def __init__(self, exits: _Optional[_Iterable[int]] = ..., image_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., category_ids: _Optional[_Iterable[int]] = ..., endpoints: _Optional[_Iterable[_Union[EndpointInfo, _Mapping]]] = ..., default_budget_ms: _Optional[float] = ...) -> None: ...
+    execution: str
+    def __init__(self, exits: _Optional[_Iterable[int]] = ..., image_size: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., category_ids: _Optional[_Iterable[int]] = ..., endpoints: _Optional[_Iterable[_Union[EndpointInfo, _Mapping]]] = ..., default_budget_ms: _Optional[float] = ..., execution: _Optional[str] = ...) -> None: ...

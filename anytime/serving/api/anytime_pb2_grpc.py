@@ -44,6 +44,11 @@ class DetectorStub:
                 request_serializer=anytime__pb2.DetectRequest.SerializeToString,
                 response_deserializer=anytime__pb2.DetectResponse.FromString,
                 _registered_method=True)
+        self.DetectProgressive = channel.unary_stream(
+                '/anytime.v1.Detector/DetectProgressive',
+                request_serializer=anytime__pb2.DetectRequest.SerializeToString,
+                response_deserializer=anytime__pb2.DetectResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/anytime.v1.Detector/GetModelInfo',
                 request_serializer=anytime__pb2.ModelInfoRequest.SerializeToString,
@@ -69,6 +74,14 @@ class DetectorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DetectProgressive(self, request, context):
+        """One image, every exit as soon as it exists (increasing exits, the last marked final), ending at the
+        deadline or the deepest allowed exit. With upfront execution there is one answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """What the gateway serves: exits, classes, endpoints and their latency profiles.
         """
@@ -86,6 +99,11 @@ def add_DetectorServicer_to_server(servicer, server):
             ),
             'DetectStream': grpc.stream_stream_rpc_method_handler(
                     servicer.DetectStream,
+                    request_deserializer=anytime__pb2.DetectRequest.FromString,
+                    response_serializer=anytime__pb2.DetectResponse.SerializeToString,
+            ),
+            'DetectProgressive': grpc.unary_stream_rpc_method_handler(
+                    servicer.DetectProgressive,
                     request_deserializer=anytime__pb2.DetectRequest.FromString,
                     response_serializer=anytime__pb2.DetectResponse.SerializeToString,
             ),
@@ -147,6 +165,33 @@ class Detector:
             request_iterator,
             target,
             '/anytime.v1.Detector/DetectStream',
+            anytime__pb2.DetectRequest.SerializeToString,
+            anytime__pb2.DetectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetectProgressive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/anytime.v1.Detector/DetectProgressive',
             anytime__pb2.DetectRequest.SerializeToString,
             anytime__pb2.DetectResponse.FromString,
             options,

@@ -1,0 +1,363 @@
+"""How the gateway runs an admitted, decoded request on Triton: two strategies behind one interface.
+
+- ``UpfrontExecution`` picks one exit per request *before* it starts (the scheduler's exit choice) and calls that
+  exit's model (``anytime_exit{k}``): one Triton call per request, one slot per endpoint.
+- ``ProgressiveExecution`` sends the request to the progressive model (``anytime_progressive``), which runs it
+  stage by stage and streams each exit back as it is reached; the request is answered with the deepest exit
+  that arrived by its deadline (or at once when the last allowed exit arrives). Stage order, batching and
+  stopping are decided next to the stages (``anytime.serving.progressive``); the gateway only admits.
+
+Both calibrate at start-up (or take the manifest's measured profile after a spot check), keep the
+``Scheduler`` that admits requests (its reservation is a request's work until its first useful exit), and
+report through the gateway's metrics. ``Failure`` carries the gRPC status a request ends with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.utils import InferenceServerException
+
+from anytime.serving.latency import LatencyProfile
+from anytime.serving.measure import OUTPUT_NAMES, infer_exit, time_calls, time_triton
+from anytime.serving.scheduler import Request, Scheduler, SchedulerConfig
+
+log = logging.getLogger("anytime.gateway")
+OnExit = Callable[[int, dict], None]  # (exit, outputs) as each exit arrives
+
+
+class Failure(Exception):
+    """A request that ends with a gRPC status other than OK."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(eq=False)
+class Pending:
+    """An admitted request: where its answer goes, and (once decoded) what the Triton call needs."""
+
+    future: asyncio.Future
+    arrival: float
+    pixels: np.ndarray | None = None
+    dispatched: float | None = None
+    on_exit: OnExit | None = None
+    task: asyncio.Task | None = None  # progressive: the request's run; cancelled when its client goes away
+
+
+def unavailable(message: str = "no inference server is reachable right now") -> Failure:
+    return Failure(grpc.StatusCode.UNAVAILABLE, message)
+
+
+def settle(future: asyncio.Future, result=None, exception: Exception | None = None) -> None:
+    if future.done():
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result)
+
+
+def _unreachable(e: InferenceServerException) -> bool:
+    return "UNAVAILABLE" in str(e.status()) or "failed to connect" in (e.message() or "").lower()
+
+
+class Execution:
+    """What both strategies share: the Triton clients, the admission scheduler, the start-up prior."""
+
+    name = ""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+        self.config = gateway.config
+        self.clients: dict[str, triton_aio.InferenceServerClient] = {}
+        self.scheduler: Scheduler | None = None
+        self.priors: dict[str, str] = {}  # endpoint -> where its latency prior came from
+
+    async def start(self) -> None:
+        profiles = {}
+        for address in self.config.endpoints:
+            client = triton_aio.InferenceServerClient(address)
+            self.clients[address] = client
+            try:
+                profiles[address] = await self.calibrate(address, client)
+            except InferenceServerException as e:
+                raise RuntimeError(f"endpoint {address}: calibration failed: {e.message()}") from None
+        self.scheduler = Scheduler(profiles, self.scheduler_config())
+
+    def scheduler_config(self) -> SchedulerConfig:
+        return self.config.scheduler
+
+    async def calibrate(self, address: str, client) -> LatencyProfile:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+
+    # -- the gateway calls these -----------------------------------------------------------------------------
+    def ready(self, req: Request) -> None:
+        """``req`` (admitted, its ``payload.pixels`` decoded) may run now."""
+        raise NotImplementedError
+
+    def endpoint_changed(self, address: str, up: bool) -> None:
+        if not self.scheduler.available:  # nothing can serve the queue now: fail it at once, not at its deadline
+            for req in self.scheduler.drain():
+                settle(req.payload.future, exception=unavailable())
+
+
+class UpfrontExecution(Execution):
+    """One exit per request, chosen before it starts; the exit models, one call each."""
+
+    name = "upfront"
+
+    async def calibrate(self, address: str, client) -> LatencyProfile:
+        """The manifest's measured profile (``anytime profile``) when a quick spot check says the endpoint still
+        runs at that speed, else ``calibration_runs`` fresh calls per exit."""
+        g, c = self.gateway, self.config
+        manifest = _manifest_samples(g.manifest, g.exits)
+        if manifest is not None:
+            spot = await time_triton(client, g.models, g.image_size, c.spot_check_runs, warmup=2)
+            off = {e: float(np.median(spot[e])) * 1e3 / float(np.median(manifest[e])) for e in g.exits}
+            ratios = ", ".join(f"exit {e} {r:.2f}" for e, r in off.items())
+            if all(1 / c.spot_check_tolerance <= r <= c.spot_check_tolerance for r in off.values()):
+                log.info("endpoint %s: the manifest's latency profile holds (spot check / profile: %s)", address, ratios)
+                self.priors[address] = "manifest"
+                return LatencyProfile.from_samples(manifest, quantile=c.scheduler.quantile)
+            log.info("endpoint %s: the manifest's profile is off (spot check / profile: %s); calibrating", address,
+                     ratios)
+        samples = await time_triton(client, g.models, g.image_size, c.calibration_runs, warmup=5)
+        self.priors[address] = "calibrated"
+        _log_profile(address, samples)
+        return LatencyProfile.from_samples({e: [x * 1e3 for x in s] for e, s in samples.items()},
+                                           quantile=c.scheduler.quantile)
+
+    def ready(self, req: Request) -> None:
+        self.scheduler.mark_ready(req, time.monotonic())
+        self.pump()
+
+    def endpoint_changed(self, address: str, up: bool) -> None:
+        super().endpoint_changed(address, up)
+        if up:
+            self.pump()
+
+    def pump(self) -> None:
+        g = self.gateway
+        started, expired = self.scheduler.dispatch(time.monotonic())
+        for req in expired:
+            g.metrics.shed.labels("expired").inc()
+            settle(req.payload.future, exception=Failure(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the budget ran out while the request waited for a slot"))
+        for a in started:
+            a.request.payload.dispatched = time.monotonic()
+            g.spawn(self._run(a))
+        g.update_gauges()
+
+    async def _run(self, a) -> None:
+        pending: Pending = a.request.payload
+        t0 = time.monotonic()
+        censored = True  # a failed call still took this long at least: the profile learns that
+        try:
+            # The Triton call may take until the request's deadline (plus a little, to still report it late).
+            timeout = max(a.request.deadline - t0, 0.0) + 1.0
+            outputs = await infer_exit(self.clients[a.endpoint], self.gateway.models[a.exit], pending.pixels, timeout)
+            censored = False
+            settle(pending.future, result=(a.exit, a.endpoint, outputs))
+        except InferenceServerException as e:
+            if _unreachable(e):
+                self.gateway.set_endpoint(a.endpoint, False)
+                failure = unavailable(f"inference server {a.endpoint}: {e.message()}")
+            else:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if "DEADLINE" in str(e.status()) else grpc.StatusCode.INTERNAL
+                failure = Failure(code, f"inference server {a.endpoint}: {e.message()}")
+            settle(pending.future, exception=failure)
+        except Exception as e:  # never leave a caller waiting
+            settle(pending.future, exception=Failure(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
+        finally:
+            now = time.monotonic()
+            latency = None if a.endpoint not in self.scheduler.available else now - t0  # refused: says nothing
+            self.scheduler.complete(a, now, latency, censored=censored)
+            self.pump()
+
+
+class ProgressiveExecution(Execution):
+    """Every request through the progressive model, stage by stage; answered at its deadline or last exit."""
+
+    name = "progressive"
+
+    def __init__(self, gateway):
+        super().__init__(gateway)
+        progressive = gateway.manifest.get("progressive")
+        if not progressive:
+            raise RuntimeError(f"{self.config.repository} has no progressive model: export it again (anytime export) "
+                               "or serve with --execution upfront")
+        self.model = progressive["model"]
+        self.max_stage_batch = int(progressive.get("max_stage_batch", 1))
+        self.parallelism = 1.0  # first stages served at once, in effect, thanks to stage batching (measured)
+        self.outstanding = {address: 0 for address in self.config.endpoints}
+
+    def scheduler_config(self) -> SchedulerConfig:
+        """Admission only: a request's reservation is its work until its first useful exit, drained by the
+        effective parallelism that stage batching gives each endpoint."""
+        from dataclasses import replace
+
+        return replace(self.config.scheduler, slots_per_endpoint=self.parallelism)
+
+    async def calibrate(self, address: str, client) -> LatencyProfile:
+        """Time to each exit through the progressive model, one request at a time (one request gives every exit's
+        time); then how many first stages it serves at once when a batch of them arrives together."""
+        g, c = self.gateway, self.config
+        pixels = np.zeros((1, 3, g.image_size, g.image_size), np.uint8)
+        samples: dict[int, list[float]] = {e: [] for e in g.exits}
+
+        async def one():
+            t0 = time.perf_counter()
+            async for exit, _ in self._stream(client, pixels, 60_000.0, (1, 0)):
+                samples[exit].append((time.perf_counter() - t0) * 1e3)
+        for _ in range(3):  # warm-up
+            await one()
+        for e in samples:
+            samples[e].clear()
+        await time_calls(one, c.calibration_runs, 0)
+        first = float(np.median(samples[g.exits[0]])) / 1e3
+        batch = max(1, self.max_stage_batch)
+
+        async def first_exit_only():
+            async for _ in self._stream(client, pixels, 60_000.0, (1, 1)):
+                pass
+        t0 = time.perf_counter()
+        await asyncio.gather(*(first_exit_only() for _ in range(2 * batch)))
+        throughput = 2 * batch / (time.perf_counter() - t0)
+        self.parallelism = max(1.0, throughput * first)
+        self.priors[address] = "calibrated"
+        log.info("endpoint %s: progressive, %s; stage batching serves about %.1f first stages at once", address,
+                 ", ".join(f"exit {e} p50 {np.percentile(s, 50):.1f} ms" for e, s in samples.items()), self.parallelism)
+        return LatencyProfile.from_samples(samples, quantile=c.scheduler.quantile)
+
+    async def _stream(self, client, pixels: np.ndarray, budget_ms: float, exits: tuple[int, int]):
+        """Yield (exit, outputs) as the progressive model sends them; ends after its final response."""
+        inputs = [triton_aio.InferInput("images", list(pixels.shape), "UINT8"),
+                  triton_aio.InferInput("budget_ms", [1], "FP64"), triton_aio.InferInput("exits", [2], "INT32")]
+        inputs[0].set_data_from_numpy(pixels)
+        inputs[1].set_data_from_numpy(np.array([budget_ms], np.float64))
+        inputs[2].set_data_from_numpy(np.array(exits, np.int32))
+
+        async def requests():
+            yield {"model_name": self.model, "inputs": inputs}
+        stream = client.stream_infer(requests())
+        try:
+            async for result, error in stream:
+                if error is not None:
+                    raise error
+                exit = int(result.as_numpy("exit")[0])
+                if exit > 0:  # 0: the end marker of a request stopped before its deepest allowed exit
+                    yield exit, {n: result.as_numpy(n) for n in OUTPUT_NAMES}
+                if result.as_numpy("final")[0]:
+                    return
+        finally:
+            stream.cancel()  # a no-op once the stream ended; otherwise the model drops the request's stages
+
+    def ready(self, req: Request) -> None:
+        req.payload.task = self.gateway.spawn(self._run(req))
+
+    def _endpoint(self) -> str | None:
+        up = [a for a in self.config.endpoints if a in self.scheduler.available]
+        return min(up, key=lambda a: self.outstanding[a]) if up else None
+
+    async def _run(self, req: Request) -> None:
+        g = self.gateway
+        pending: Pending = req.payload
+        address = self._endpoint()
+        if address is None:
+            settle(pending.future, exception=unavailable())
+            self.scheduler.cancel(req)
+            return
+        pending.dispatched = time.monotonic()
+        best = None
+        first_useful = req.min_exit
+        self.outstanding[address] += 1
+        # Answer a little before the deadline (building and sending the answer takes that long); the stages get
+        # what is left of the budget until then.
+        answer_by = req.deadline - self.config.answer_margin_ms / 1e3
+        budget_ms = (answer_by - time.monotonic()) * 1e3
+        exits = (req.min_exit, req.max_exit or 0)
+        try:
+            async with asyncio.timeout_at(_loop_time(answer_by)):
+                async for exit, outputs in self._stream(self.clients[address], pending.pixels, budget_ms, exits):
+                    if exit < req.min_exit:
+                        continue
+                    if exit >= first_useful:  # its reservation (work until its first useful exit) is done
+                        self.scheduler.cancel(req)
+                    best = (exit, address, outputs)
+                    if pending.on_exit is not None:
+                        pending.on_exit(exit, outputs)
+        except TimeoutError:  # the deadline: answer with what has arrived (the stream is cancelled on exit)
+            pass
+        except InferenceServerException as e:  # with an exit in hand, that is the answer; else the error is
+            message = e.message() or ""
+            if _unreachable(e):
+                g.set_endpoint(address, False)
+                failure = unavailable(f"inference server {address}: {message}")
+            elif "no exit can be computed" in message or "deadline passed" in message:
+                failure = Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"inference server {address}: {message}")
+            else:
+                failure = Failure(grpc.StatusCode.INTERNAL, f"inference server {address}: {message}")
+            if best is None:
+                settle(pending.future, exception=failure)
+        except grpc.aio.AioRpcError as e:  # the stream itself broke: Triton died or the connection went
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                g.set_endpoint(address, False)
+            if best is None:
+                settle(pending.future, exception=Failure(
+                    grpc.StatusCode.UNAVAILABLE if e.code() == grpc.StatusCode.UNAVAILABLE else grpc.StatusCode.INTERNAL,
+                    f"inference server {address}: {e.details()}"))
+        except Exception as e:  # never leave a caller waiting
+            if best is None:
+                settle(pending.future, exception=Failure(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
+        finally:
+            self.outstanding[address] -= 1
+            self.scheduler.cancel(req)
+            if best is not None:
+                settle(pending.future, result=best)
+            else:
+                settle(pending.future, exception=Failure(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                         "no exit could be computed within the budget"))
+            g.update_gauges()
+
+
+def _loop_time(deadline: float) -> float:
+    """A ``time.monotonic()`` deadline on the running event loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (deadline - time.monotonic())
+
+
+def _log_profile(address: str, samples: dict[int, list[float]]) -> None:
+    for exit, s in samples.items():
+        log.info("endpoint %s exit %d: p50 %.1f ms, p95 %.1f ms", address, exit, np.percentile(s, 50) * 1e3,
+                 np.percentile(s, 95) * 1e3)
+
+
+def _manifest_samples(manifest: dict, exits: list[int]) -> dict[int, list[float]] | None:
+    """Batch-1 Triton latency samples (ms) per exit from the manifest's profile, if it has them for every exit.
+
+    The exporter keeps a profile only while the models are the very ones it was measured on (by hash)."""
+    exits_prof = ((manifest.get("latency_profile") or {}).get("triton") or {}).get("exits") or {}
+    out = {}
+    for e in exits:
+        per_batch = exits_prof.get(str(e)) or exits_prof.get(e) or {}
+        stats = per_batch.get("1") or per_batch.get(1) or {}
+        if len(stats.get("samples_ms") or []) < 10:
+            return None
+        out[e] = list(stats["samples_ms"])
+    return out
+
+
+EXECUTIONS = {"upfront": UpfrontExecution, "progressive": ProgressiveExecution}

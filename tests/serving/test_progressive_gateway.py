@@ -1,0 +1,157 @@
+"""Progressive execution end to end: a real tritonserver and the gateway on loopback. Exits stream in order, the
+answer comes at the deadline even while Triton is stuck in a later stage, a client that leaves takes its stages
+with it, and a killed Triton ends requests at once."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from anytime.export.exporter import export_repository
+from anytime.serving.api import anytime_pb2 as pb
+from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+from anytime.serving.stack import ServingStack
+from anytime.testing import random_detector, tiny_config
+
+EXITS = 6
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("progressive") / "repo"
+    model = random_detector(tiny_config(repeats=EXITS, width=96, image_size=256, head_convs=1, score_thresh=0.97,
+                                        residual_pyramids=True), logit_std=0.05)
+    export_repository(model, {}, out, verify=False, progress=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack(repo):
+    with ServingStack(repo) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def stub(stack):
+    with grpc.insecure_channel(stack.address) as channel:
+        yield pb_grpc.DetectorStub(channel)
+
+
+def png(seed=0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def profile(stub) -> dict[int, float]:
+    info = stub.GetModelInfo(pb.ModelInfoRequest())
+    assert info.execution == "progressive"
+    return {p.exit: p.p95_ms for p in info.endpoints[0].profile}
+
+
+def stage_images(stack, stage: int) -> float:
+    text = urllib.request.urlopen(stack.tritons[0].metrics_url, timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("anytime_stage_images") and f'stage="{stage}"' in line)
+
+
+def test_exits_stream_in_increasing_order_and_the_last_is_the_answer(stub):
+    messages = list(stub.DetectProgressive(pb.DetectRequest(encoded=png(), budget_ms=10_000, request_id="p")))
+    assert [m.exit for m in messages] == list(range(1, EXITS + 1))
+    assert [m.final for m in messages] == [False] * (EXITS - 1) + [True]
+    assert all(m.request_id == "p" and m.exits_available == list(range(1, EXITS + 1)) for m in messages)
+    unary = stub.Detect(pb.DetectRequest(encoded=png(), budget_ms=10_000))
+    assert unary.exit == EXITS and unary.final and unary.budget_met
+    capped = list(stub.DetectProgressive(pb.DetectRequest(encoded=png(), budget_ms=10_000, max_exit=2)))
+    assert [m.exit for m in capped] == [1, 2] and capped[-1].final
+
+
+def test_a_tight_budget_stops_early_and_still_answers_in_time(stub):
+    p95 = profile(stub)
+    budget = p95[1] + (p95[2] - p95[1]) / 2 + 5  # room for exit 1 and maybe 2, never all six
+    r = stub.Detect(pb.DetectRequest(encoded=png(), budget_ms=budget))
+    assert 1 <= r.exit < EXITS, (p95, budget, r.exit)
+
+
+def test_the_answer_comes_at_the_deadline_while_triton_is_stuck_in_a_later_stage(stack, stub):
+    """Triton freezes (SIGSTOP) right after exit 1 reached the client: the gateway still ends the request at its
+    budget, with exit 1, instead of waiting for the stage that is running."""
+    p95 = profile(stub)
+    budget = max(300.0, 10 * p95[1])
+    triton = stack.tritons[0]
+    t0 = time.perf_counter()
+    stream = stub.DetectProgressive(pb.DetectRequest(encoded=png(), budget_ms=budget), timeout=30)
+    first = next(stream)
+    os.killpg(triton.pid, signal.SIGSTOP)
+    try:
+        rest = list(stream)
+        elapsed = (time.perf_counter() - t0) * 1e3
+    finally:
+        os.killpg(triton.pid, signal.SIGCONT)
+    assert first.exit == 1 and rest and rest[-1].final
+    answer = rest[-1]
+    assert answer.exit >= 1 and answer.exit < EXITS
+    assert budget * 0.9 <= elapsed <= budget + 100, (budget, elapsed)
+    assert answer.budget_met
+
+
+def test_a_client_that_goes_away_takes_its_remaining_stages_with_it(stack, stub):
+    """The client cancels right after exit 1: the deepest stage never runs for it."""
+    time.sleep(1.0)  # what an earlier test left running has drained
+    deepest = stage_images(stack, EXITS)
+    stream = stub.DetectProgressive(pb.DetectRequest(encoded=png(1), budget_ms=30_000), timeout=30)
+    assert next(stream).exit == 1
+    stream.cancel()
+    time.sleep(1.0)
+    assert stage_images(stack, EXITS) == deepest
+    assert stub.Detect(pb.DetectRequest(encoded=png(), budget_ms=10_000)).exit == EXITS  # still serving
+
+
+def test_token_auth_covers_the_progressive_stream(repo):
+    with ServingStack(repo, gateway_args=("--token", "s3cret")) as s, grpc.insecure_channel(s.address) as ch:
+        stub = pb_grpc.DetectorStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.DetectProgressive(pb.DetectRequest(encoded=png(), budget_ms=5000), timeout=10))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        auth = (("authorization", "Bearer s3cret"),)
+        messages = list(stub.DetectProgressive(pb.DetectRequest(encoded=png(), budget_ms=5000), metadata=auth))
+        assert messages[-1].final and messages[-1].exit == EXITS
+
+
+def test_a_killed_triton_ends_requests_at_once_with_unavailable_or_the_exit_it_has(repo):
+    """SIGKILL while a request waits inside Triton: no hang. Without an exit yet: UNAVAILABLE at once; with
+    exit 1 in hand: that answer, at once."""
+    with ServingStack(repo) as s, grpc.insecure_channel(s.address) as ch:
+        stub = pb_grpc.DetectorStub(ch)
+        triton = s.tritons[0]
+        os.killpg(triton.pid, signal.SIGSTOP)  # frozen: the request below waits for its first stage
+        future = stub.Detect.future(pb.DetectRequest(encoded=png(), budget_ms=20_000), timeout=30)
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        os.killpg(triton.pid, signal.SIGKILL)
+        with pytest.raises(grpc.RpcError) as e:
+            future.result(timeout=30)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE and time.perf_counter() - t0 < 3.0
+        triton.start()
+        triton.wait_ready(60)
+        deadline = time.monotonic() + 30
+        while True:  # the gateway's health probe brings the endpoint back
+            try:
+                stream = stub.DetectProgressive(pb.DetectRequest(encoded=png(), budget_ms=20_000), timeout=30)
+                assert next(stream).exit == 1
+                break
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
+                time.sleep(0.2)
+        os.killpg(triton.pid, signal.SIGKILL)  # mid-chain, exit 1 already sent
+        t0 = time.perf_counter()
+        rest = list(stream)
+        assert time.perf_counter() - t0 < 3.0 and rest[-1].final and rest[-1].exit >= 1
