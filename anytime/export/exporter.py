@@ -120,18 +120,20 @@ def _same_models(old: dict | None, exits: list[dict]) -> bool:
 
 
 def ensure_exported(repository: str | Path, checkpoint: str | Path, replace_stale: bool = False,
-                    progress=print) -> Path:
+                    stages: bool = True, progress=print) -> Path:
     """Export ``checkpoint`` into ``repository`` unless it already holds an export.
 
     With ``replace_stale``, an export of any other checkpoint (by file hash) is replaced too; without it, an
-    existing export is served as it is, whatever model it holds.
+    existing export is served as it is, whatever model it holds. With ``stages`` (progressive execution needs
+    them), an export without the progressive model is redone either way.
     """
     from anytime.train.checkpoint import load_model
 
     repository = Path(repository)
     if (repository / "manifest.json").exists():
-        held = read_manifest(repository).get("checkpoint_sha256")
-        if not replace_stale or held == sha256_file(checkpoint):
+        held = read_manifest(repository)
+        has_stages = bool(held.get("progressive")) or not stages
+        if has_stages and (not replace_stale or held.get("checkpoint_sha256") == sha256_file(checkpoint)):
             return repository
     progress(f"exporting {checkpoint} into {repository}/")
     model, meta = load_model(checkpoint)

@@ -66,7 +66,8 @@ def run(args) -> int:
             from anytime.config import DEFAULT_CHECKPOINT
             from anytime.export.exporter import ensure_exported
 
-            ensure_exported(repository, DEFAULT_CHECKPOINT)  # an empty repository gets the embedded default model
+            # an empty repository gets the embedded default model
+            ensure_exported(repository, DEFAULT_CHECKPOINT, stages=args.execution == "progressive")
             http, grpc_port, metrics = free_ports(3)
             triton = stack.enter_context(TritonServer(repository, http_port=http, grpc_port=grpc_port,
                                                       metrics_port=metrics, restart=True))
