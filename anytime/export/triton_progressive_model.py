@@ -187,20 +187,26 @@ class TritonPythonModel:
         self.m_runs[stage].increment(1)
         self.m_images[stage].increment(len(jobs))
         last = stage == len(self.sessions)
+        with self.lock:  # first what comes next for each request, so that a last response says it is the last
+            done = {job.id for job in self.engine.ran(stage, jobs, seconds, time.monotonic())}
         for i, job in enumerate(jobs):
-            if not last:  # the next stage's input: this stage's features, this request's row
+            if job.state == "cancelled":
+                continue
+            if not last and job.id not in done:  # the next stage's input: this stage's features, this request's row
                 job.payload.inputs = [out[n][i:i + 1] for n in self.features_out]
-            final = stage >= job.max_exit
+            final = job.id in done
             tensors = [pb_utils.Tensor(n, np.ascontiguousarray(out[n][i:i + 1], dtype=DTYPES[n])) for n in DETECTIONS]
             tensors.append(pb_utils.Tensor("exit", np.array([stage], np.int32)))
             tensors.append(pb_utils.Tensor("final", np.array([int(final)], np.int32)))
             try:
                 job.payload.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=FINAL if final else 0)
             except Exception:  # the client is gone
-                job.state = "cancelled"
-        with self.lock:
-            for job in self.engine.ran(stage, jobs, seconds, time.monotonic()):
+                with self.lock:
+                    self.engine.cancel(job)
+                continue
+            if final:
                 self.m_outcome["done"].increment(1)
+        with self.lock:
             self.lock.notify()
 
     def _settle(self, job, outcome, message=None):

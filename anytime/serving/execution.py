@@ -284,10 +284,13 @@ class ProgressiveExecution(Execution):
         best = None
         first_useful = req.min_exit
         self.outstanding[address] += 1
-        # Answer a little before the deadline (building and sending the answer takes that long); the stages get
-        # what is left of the budget until then.
-        answer_by = req.deadline - self.config.answer_margin_ms / 1e3
-        budget_ms = (answer_by - time.monotonic()) * 1e3
+        # Answer a little before the deadline (building and sending the answer takes that long, and longer when
+        # the event loop runs late); the stages get what is left of the budget until then. The margin never
+        # takes more than half of what is left, so a first exit keeps its chance.
+        now = time.monotonic()
+        margin = min(self.config.answer_margin_ms / 1e3 + g.loop_lag.recent_s(now), 0.5 * (req.deadline - now))
+        answer_by = req.deadline - margin
+        budget_ms = (answer_by - now) * 1e3
         exits = (req.min_exit, req.max_exit or 0)
         try:
             async with asyncio.timeout_at(_loop_time(answer_by)):

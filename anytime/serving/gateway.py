@@ -28,6 +28,7 @@ from anytime.imaging import BadImage, boxes_to_original, decode, from_pixels, le
 from anytime.serving.api import anytime_pb2 as pb
 from anytime.serving.api import anytime_pb2_grpc as pb_grpc
 from anytime.serving.execution import EXECUTIONS, Failure, Pending
+from anytime.serving.looplag import LoopLag
 from anytime.serving.metrics import GatewayMetrics
 from anytime.serving.scheduler import Rejected, Request, SchedulerConfig
 
@@ -61,7 +62,8 @@ class GatewayConfig:
     decode_workers: int = 2  # images decoded at once; admitted requests beyond wait their turn (in order)
     execution: str = "progressive"  # "progressive" (stage by stage, answered at the deadline) or "upfront"
     # progressive: a request is answered this long before its deadline with the exit it has (building and
-    # sending the answer takes about that long on a busy 2-core machine)
+    # sending the answer takes about that long on a busy 2-core machine), plus however late the event loop has
+    # run lately (anytime.serving.looplag: during a burst, tens of milliseconds)
     answer_margin_ms: float = 3.0
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -76,6 +78,8 @@ class Gateway(pb_grpc.DetectorServicer):
         self.class_names = list(self.manifest["class_names"])
         self.cat_ids = list(self.manifest.get("cat_ids") or range(1, len(self.class_names) + 1))
         self.metrics = GatewayMetrics()
+        self.loop_lag = LoopLag()
+        self.metrics.loop_lag.set_function(self.loop_lag.recent_s)
         if config.execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {sorted(EXECUTIONS)}, got {config.execution!r}")
         self.execution = EXECUTIONS[config.execution](self)
@@ -93,6 +97,7 @@ class Gateway(pb_grpc.DetectorServicer):
         # Warm the decode/resize path once so the first request does not pay for lazy imports and allocations.
         await asyncio.get_running_loop().run_in_executor(self._decoder, letterbox, _blank_image(self.image_size),
                                                          self.image_size)
+        self.loop_lag.start()
         await self.execution.start()
         for address in self.config.endpoints:
             self.metrics.endpoint_up.labels(address).set(1)
@@ -169,6 +174,7 @@ class Gateway(pb_grpc.DetectorServicer):
         for task in list(self._tasks):
             task.cancel()
         await self.execution.close()
+        await self.loop_lag.stop()
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
     async def wait(self) -> None:

@@ -14,10 +14,14 @@ Decisions, each time the executor is free (``plan``):
 - **Order.** Earliest deadline first across stages. A request's next stage yields to other requests' *first*
   stages when running it first would make one of them miss its first exit: a first exit is the difference
   between an answer and none, a deeper one only a better answer.
-- **Batching.** At the chosen stage, the call takes the batch size that lets the most waiting requests finish
-  it in time (a larger batch takes longer, so some deadlines rule some sizes out; ties go to the smaller, faster
-  batch), and among the requests that fit that size, the earliest deadlines. Under overload this serves the
-  requests that can still make it rather than the ones about to expire.
+- **Batching.** At the chosen stage, the call takes the batch size under which the most waiting requests finish
+  the stage in time when the queue is served in calls of that size (a larger batch takes longer, so it can
+  block the requests behind it past their deadlines; among sizes that serve as many, the one with the earliest
+  exits on the whole, which on a CPU is the smaller one), and among the
+  requests that fit that size, the earliest deadlines. Under overload this serves the requests that can still
+  make it rather than the ones about to expire.
+- **Stopping early.** A request that has a useful exit and could start its next stage only too late (after the
+  call being started, or right now) is answered at once rather than at its deadline.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class StageEngine:
         self.profile = profile  # "exit" k of the profile is stage k (cumulative=False); batch sizes as measured
         self.num_stages = num_stages
         self.max_batch = max(1, int(max_batch))
+        self.lookahead = 4 * self.max_batch  # requests a batch-size decision looks at (bounds its cost)
         self.margin = margin_s  # what a stage's answer needs after the stage: sending it, the gateway's reply
         self._queues: dict[int, list[tuple[float, int, Job]]] = {s: [] for s in range(1, num_stages + 1)}
         self.waiting = 0
@@ -134,18 +139,59 @@ class StageEngine:
             job.state = "running"
         heapq.heapify(self._queues[stage])
         self.waiting -= len(plan.jobs)
+        self._stop_behind(now + self.predict(stage, len(plan.jobs)), plan)
         return plan
 
+    def _stop_behind(self, free_at: float, plan: Plan) -> None:
+        """Stop now every waiting request that has a useful exit but could start its next stage only after this
+        call, too late for its deadline: it is answered at once rather than when the call ends (or at its
+        deadline), which is time its answer spends on the way back instead."""
+        for stage, queue in self._queues.items():
+            stopped = [j for _, _, j in queue if j.state == "waiting" and j.exit >= j.min_exit
+                       and free_at + self._time_to(j, 1) > j.deadline]
+            if not stopped:
+                continue
+            for job in stopped:
+                job.state = "done"
+                plan.finished.append(job)
+            self._queues[stage] = [e for e in queue if e[2].state == "waiting"]
+            heapq.heapify(self._queues[stage])
+            self.waiting -= len(stopped)
+
     def _batch(self, stage: int, now: float) -> list[Job]:
-        """The requests waiting at ``stage`` that one call should take (see the module docstring)."""
-        ready = [j for _, _, j in sorted(self._queues[stage]) if j.state == "waiting"]
-        best: list[Job] = []
+        """The requests waiting at ``stage`` that one call should take (see the module docstring).
+
+        The size is the one under which the most waiting requests finish the stage in time when the queue is
+        served in calls of that size, not only this call: one big call that fits its own requests can block
+        every request behind it until their deadlines are gone (a batch costs nearly its size in time on a
+        CPU). Among sizes that serve as many, the one that finishes them earliest on the whole.
+        """
+        ready = [j for _, _, j in sorted(self._queues[stage]) if j.state == "waiting"][:self.lookahead]
+        best_size, best = 1, None
         for size in range(1, min(self.max_batch, len(ready)) + 1):
-            done_at = now + self.predict(stage, size)
-            fits = [j for j in ready if done_at <= j.deadline][:size]
-            if len(fits) > len(best):
-                best = fits
-        return best or ready[:1]
+            count, total = self._served(stage, ready, size, now)
+            if best is None or (-count, total) < best:  # most in time, then the earliest exits on the whole
+                best_size, best = size, (-count, total)
+        done_at = now + self.predict(stage, best_size)
+        return [j for j in ready if done_at <= j.deadline][:best_size] or ready[:1]
+
+    def _served(self, stage: int, ready: list[Job], size: int, now: float) -> tuple[int, float]:
+        """Serving ``ready`` (in deadline order) in calls of ``size``, each taking the earliest deadlines that
+        can still make it: how many finish ``stage`` in time, and the sum of their finishing times. The sum is
+        what separates sizes that serve as many: it is lower for small calls on a CPU (a batch costs about its
+        size in time, and the first requests are answered sooner) and for large calls where batching pays."""
+        t, count, total, rest = now, 0, 0.0, ready
+        while rest:
+            end = t + self.predict(stage, min(size, len(rest)))
+            fits = [j for j in rest if end <= j.deadline][:size]
+            if not fits:
+                break
+            count += len(fits)
+            total += len(fits) * (end - now)
+            taken = {j.id for j in fits}
+            rest = [j for j in rest if j.id not in taken]
+            t = end
+        return count, total
 
     def _first_exits_survive(self, start: float, now: float) -> bool:
         """Whether every request still waiting for its first exit gets it in time if stage 1 starts at ``start``
@@ -162,7 +208,8 @@ class StageEngine:
 
     def ran(self, stage: int, jobs: list[Job], seconds: float, now: float) -> list[Job]:
         """A call of ``stage`` on ``jobs`` finished after ``seconds``: learn its latency, move each job on.
-        Returns the jobs that are done (they reached their last allowed exit)."""
+        Returns the jobs that are done: they reached their last allowed exit, or their next stage cannot fit any
+        more (so the exit just computed is their answer, and its response can say so)."""
         self.observe(stage, len(jobs), seconds, now)
         self.stage_runs[stage] += 1
         done = []
@@ -170,7 +217,9 @@ class StageEngine:
             if job.state != "running":  # cancelled during the call
                 continue
             job.exit, job.stage = stage, stage + 1
-            if job.stage > job.max_exit:
+            # done at its last allowed exit, or when even starting the next stage now would miss the deadline:
+            # then this exit's response is the final one and the answer leaves now, not at the deadline
+            if job.stage > job.max_exit or (job.exit >= job.min_exit and now + self._time_to(job, 1) > job.deadline):
                 job.state = "done"
                 done.append(job)
             else:

@@ -140,3 +140,30 @@ def test_under_overload_stage_batching_answers_more_and_never_late():
         assert all(first[j.id] <= j.deadline + 1e-9 for j in jobs if j.id in first)
         answered[max_batch] = len(first)
     assert answered[1] <= 12 and answered[4] >= 1.5 * answered[1], answered
+
+
+def test_where_a_batch_costs_its_size_in_time_one_big_call_does_not_block_the_queue():
+    """On a CPU a batch of b costs about b single calls: serving 8 waiting requests in one call answers none of
+    them before the whole call ends. The engine serves them one by one instead (as many in time, sooner)."""
+    prior = {1: {b: {"p50": 10.0 * b, "p95": 10.0 * b} for b in (1, 2, 4, 8)}, 2: {1: {"p50": 4.0, "p95": 4.0}}}
+    e = StageEngine(LatencyProfile(prior, cumulative=False), num_stages=2, max_batch=8)
+    for _ in range(8):
+        e.add(job(200), 0.0)
+    assert len(e.plan(0.0).jobs) == 1
+
+
+def test_a_request_whose_next_stage_cannot_fit_is_answered_at_once():
+    e = engine()
+    j = job(13)  # stage 1 (10 ms) fits; stage 2 (4 ms) no longer fits after it
+    e.add(j, 0.0)
+    plan = e.plan(0.0)
+    assert e.ran(1, plan.jobs, 0.010, 0.010) == [j] and j.state == "done" and e.waiting == 0
+    # one that could go on, but only after a call starting now: answered when that call is planned, not after it
+    e = engine(max_batch=1)
+    old = job(22)
+    e.add(old, 0.0)
+    e.ran(1, e.plan(0.0).jobs, 0.010, 0.010)  # old: exit 1 at 10 ms; its stage 2 (4 ms) must start by 18 ms
+    new = job(13, now=0.010)  # its first stage must start now, and takes until 20 ms
+    e.add(new, 0.010)
+    plan = e.plan(0.010)
+    assert plan.jobs == [new] and plan.finished == [old] and old.exit == 1 and old.state == "done"
