@@ -6,8 +6,9 @@ Presets (``PRESETS``):
   decayed x0.1 at epoch 8 (lr 0.08 at batch 64, §4.1), and the reward on 7392 images held out from the
   training set (never val). It needs COCO train2017 (set ``proxy.data_dir`` in the search config) and
   accelerators; it is here so the search can run as the paper's where they exist.
-- ``cpu`` (the default): what a 2-core CPU machine can pay and still separate architectures (FACTS.md, "A proxy
-  task that carries signal on the CPU"). 128 px on a 4-class variant of the synthetic benchmark; the slim
+- ``cpu`` (the default): what a 2-core CPU machine can pay and still separate architectures (measured by
+  ``benchmarks/proxy_signal.py --proxy cpu``: the spread between architectures is many times the noise of one
+  architecture over seeds; the README has the table). 128 px on a 4-class variant of the synthetic benchmark; the slim
   ResNet-10 initialised from the shipped default model's backbone (from scratch every architecture lands at
   about the same, near-zero AP); 2 pyramid networks @ 32; 600 iterations at batch 8, lr 0.01 cosine; one
   torch thread per trial; the reward is the AP of the last exit on 300 images drawn with a different seed of
@@ -51,7 +52,7 @@ class ProxyConfig:
     train: dict = field(default_factory=dict)
     # "default_model": the shipped default model's backbone; a path: a backbone state_dict; None: from scratch.
     backbone_init: str | None = "default_model"
-    threads: int = 1  # torch threads per trial (FACTS.md: two per trial were many times slower on 2 cores)
+    threads: int = 1  # torch threads per trial (two per trial, two trials at once, were many times slower on 2 cores)
     reward_exit: int | str = "last"  # which exit's AP is the reward
     eval_batch_size: int = 16
 
