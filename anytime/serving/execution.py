@@ -285,10 +285,13 @@ class ProgressiveExecution(Execution):
         first_useful = req.min_exit
         self.outstanding[address] += 1
         # Answer a little before the deadline (building and sending the answer takes that long, and longer when
-        # the event loop runs late); the stages get what is left of the budget until then. The margin never
-        # takes more than half of what is left, so a first exit keeps its chance.
+        # the event loop runs late); the stages get what is left of the budget until then. The lag part of the
+        # margin never takes the time the first useful exit needs (as predicted), so a tight budget keeps it.
         now = time.monotonic()
-        margin = min(self.config.answer_margin_ms / 1e3 + g.loop_lag.recent_s(now), 0.5 * (req.deadline - now))
+        base = self.config.answer_margin_ms / 1e3
+        left = req.deadline - now
+        first_needs = self.scheduler.profiles[address].predict(req.min_exit)
+        margin = base + min(g.loop_lag.recent_s(now), max(0.0, left - base - first_needs))
         answer_by = req.deadline - margin
         budget_ms = (answer_by - now) * 1e3
         exits = (req.min_exit, req.max_exit or 0)

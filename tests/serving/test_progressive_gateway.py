@@ -63,6 +63,11 @@ def stage_images(stack, stage: int) -> float:
                if line.startswith("anytime_stage_images") and f'stage="{stage}"' in line)
 
 
+def gateway_metric(stack, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
 def test_exits_stream_in_increasing_order_and_the_last_is_the_answer(stub):
     messages = list(stub.DetectProgressive(pb.DetectRequest(encoded=png(), budget_ms=10_000, request_id="p")))
     assert [m.exit for m in messages] == list(range(1, EXITS + 1))
@@ -99,7 +104,10 @@ def test_the_answer_comes_at_the_deadline_while_triton_is_stuck_in_a_later_stage
     assert first.exit == 1 and rest and rest[-1].final
     answer = rest[-1]
     assert answer.exit >= 1 and answer.exit < EXITS
-    assert budget * 0.9 <= elapsed <= budget + 100, (budget, elapsed)
+    # at the deadline less the answer margin: 3 ms plus the worst event-loop lag of the last 2 s, which the
+    # gateway publishes (read right after, it still covers the moment of the answer)
+    lag_ms = 1e3 * gateway_metric(stack, "anytime_event_loop_lag_seconds")
+    assert budget - 3 - lag_ms - 25 <= elapsed <= budget + 100 and elapsed >= 0.5 * budget, (budget, elapsed, lag_ms)
     assert answer.budget_met
 
 
@@ -140,6 +148,9 @@ def test_a_killed_triton_ends_requests_at_once_with_unavailable_or_the_exit_it_h
         with pytest.raises(grpc.RpcError) as e:
             future.result(timeout=30)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE and time.perf_counter() - t0 < 3.0
+        gone = time.monotonic() + 10  # a killed tritonserver takes a moment to exit; start() would see it alive
+        while triton.is_alive() and time.monotonic() < gone:
+            time.sleep(0.05)
         triton.start()
         triton.wait_ready(60)
         deadline = time.monotonic() + 30
