@@ -1,0 +1,336 @@
+"""Progressive execution against upfront, on the default model, through the real gateway and Triton:
+
+    .venv/bin/python benchmarks/progressive.py [--parts overhead,throughput,trace,noise,memory]
+
+- ``overhead``: one request at a time, the deepest exit: upfront (the exit model, one call) against progressive
+  (every stage in turn), on the client's clock; p50 and the ratio (goal: at most 1.15x).
+- ``throughput``: closed loop, 16 clients sending back to back with a loose budget for 15 s: answers per second,
+  progressive with stage batching against upfront (goal: at least 1.5x).
+- ``trace``: the scheduler benchmark's trace (every val image, Poisson arrivals, budgets uniform in
+  [2 x p95(exit 1), 4 x p95(deepest)]) at 50, 80, 120 and 200% of capacity, through upfront, progressive without
+  stage batching (max_stage_batch 1) and progressive with it: met on the client's clock, AP at budget, p50/p99,
+  exits used. Goals: at 80% load at least 99.9% of admitted requests within budget; AP at budget at least
+  upfront's at every load.
+- ``noise``: the 80% trace again with a busy loop on one core during its middle third (goal: progressive keeps at
+  least 99% within budget); upfront beside it.
+- ``memory``: resident memory of tritonserver and its python stubs with the stage layout (the progressive model
+  alone) against the per-exit layout (every exit model), for the default model and for r50-nasfpn-7@256 at 640
+  with random weights (no verification: it is the memory that is measured).
+
+Capacity and budgets come from the upfront gateway's own latency profile (GetModelInfo), measured at the start of
+the run. Writes runs/bench/progressive.json and runs/bench/progressive.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+LOADS = (0.5, 0.8, 1.2, 2.0)
+MODES = {"upfront": ("upfront", None), "progressive, no batching": ("progressive", 1),
+         "progressive": ("progressive", None)}
+
+
+def repository_variant(source: Path, work: Path, max_stage_batch: int | None) -> Path:
+    """The repository itself, or a copy whose progressive model batches at most ``max_stage_batch``."""
+    if max_stage_batch is None:
+        return source
+    from anytime.export.repository import PROGRESSIVE_MODEL
+
+    out = work / f"repo-b{max_stage_batch}"
+    if not out.exists():
+        shutil.copytree(source, out)
+        cfg = out / PROGRESSIVE_MODEL / "config.pbtxt"
+        text = cfg.read_text()
+        key = 'key: "max_stage_batch"'
+        head, tail = text.split(key, 1)
+        value_start = tail.index('string_value: "') + len('string_value: "')
+        value_end = tail.index('"', value_start)
+        cfg.write_text(head + key + tail[:value_start] + str(max_stage_batch) + tail[value_end:])
+    return out
+
+
+def stack_for(repo: Path, execution: str):
+    from anytime.serving.stack import ServingStack
+
+    return ServingStack(repo, gateway_args=("--execution", execution))
+
+
+def model_info(address: str):
+    import grpc
+
+    from anytime.serving.api import anytime_pb2 as pb
+    from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        return pb_grpc.DetectorStub(ch).GetModelInfo(pb.ModelInfoRequest())
+
+
+# -- overhead and throughput ----------------------------------------------------------------------------------------
+def one_at_a_time(address: str, data: bytes, exit: int, runs: int) -> np.ndarray:
+    import grpc
+
+    from anytime.serving.api import anytime_pb2 as pb
+    from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+
+    out = []
+    with grpc.insecure_channel(address) as ch:
+        stub = pb_grpc.DetectorStub(ch)
+        request = pb.DetectRequest(encoded=data, budget_ms=10_000, min_exit=exit, max_exit=exit)
+        for i in range(runs + 10):
+            t0 = time.perf_counter()
+            r = stub.Detect(request)
+            if i >= 10:
+                assert r.exit == exit
+                out.append((time.perf_counter() - t0) * 1e3)
+    return np.asarray(out)
+
+
+async def closed_loop(address: str, data: bytes, clients: int, seconds: float, budget_ms: float) -> dict:
+    import grpc
+
+    from anytime.serving.api import anytime_pb2 as pb
+    from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+
+    done, exits, errors = 0, [], 0
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = pb_grpc.DetectorStub(ch)
+        await stub.GetModelInfo(pb.ModelInfoRequest())
+        stop = time.perf_counter() + seconds
+
+        async def client():
+            nonlocal done, errors
+            while time.perf_counter() < stop:
+                try:
+                    r = await stub.Detect(pb.DetectRequest(encoded=data, budget_ms=budget_ms), timeout=10)
+                    done += 1
+                    exits.append(r.exit)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - t0
+    return {"answers_per_s": done / elapsed, "errors": errors, "mean_exit": float(np.mean(exits)) if exits else 0.0}
+
+
+# -- the trace ------------------------------------------------------------------------------------------------------------
+def busy_loop(start_at: float, stop_at: float) -> None:
+    """A noisy neighbour: one core spinning from ``start_at`` to ``stop_at`` (wall clock)."""
+    time.sleep(max(0.0, start_at - time.time()))
+    while time.time() < stop_at:
+        pass
+
+
+def run_trace(address: str, dataset, budgets: str, rate: float, n: int, seed: int, noise: bool) -> dict:
+    from anytime.clients.loadgen import evaluate_results, plan_trace, run_setting
+
+    hog = None
+    if noise:  # one core busy for the middle third of the trace
+        duration = plan_trace(dataset.ids, budgets, rate, n, seed)[-1].arrival_s
+        hog_start = time.time() + duration / 3
+        hog = multiprocessing.Process(target=busy_loop, args=(hog_start, hog_start + duration / 3))
+        hog.start()
+    try:
+        result = asyncio.run(run_setting(address, dataset, budgets, rate, n, seed=seed, progress=False))
+    finally:
+        if hog is not None:
+            hog.join()
+    summary = evaluate_results(result, dataset.coco)
+    # admitted: not refused on arrival (overload, or a budget below the first exit's predicted latency)
+    admitted = [r for r in result.records if r.status == "OK" or r.status == "DEADLINE_EXCEEDED" and
+                "below the fastest exit" not in r.error]
+    summary["admitted"] = len(admitted)
+    summary["admitted_met_rate"] = (sum(r.budget_met for r in admitted) / len(admitted)) if admitted else None
+    return summary
+
+
+# -- memory --------------------------------------------------------------------------------------------------------------
+def rss_mb(pid: int) -> float:
+    """Resident memory (MB) of a process and all its descendants (tritonserver and its python stubs)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+def layout_memory(repo: Path, models: list[str]) -> float:
+    from anytime.serving.triton import TritonServer, free_ports
+
+    http, grpc_port, metrics = free_ports(3)
+    with TritonServer(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics, model_control_mode="explicit",
+                      load_models=tuple(models), ready_timeout_s=600) as t:
+        time.sleep(2)
+        return rss_mb(t.pid)
+
+
+def memory(default_repo: Path, work: Path, progress) -> dict:
+    from anytime.config import load_model_config
+    from anytime.export.exporter import export_repository
+    from anytime.export.repository import read_manifest
+    from anytime.model import AnytimeRetinaNet
+
+    out = {}
+    repos = {"default": default_repo}
+    r50 = work / "r50-nasfpn-7"
+    if not (r50 / "manifest.json").exists():
+        progress("exporting r50-nasfpn-7@256 at 640 with random weights (slow)")
+        model = AnytimeRetinaNet(load_model_config("r50-nasfpn-7@256")).eval()
+        export_repository(model, {}, r50, verify=False, progress=progress)
+    repos["r50-nasfpn-7@256 @640"] = r50
+    for name, repo in repos.items():
+        manifest = read_manifest(repo)
+        exits = [e["model"] for e in manifest["exits"]]
+        stages = manifest["progressive"]["model"]
+        out[name] = {"per-exit layout": layout_memory(repo, exits), "stage layout": layout_memory(repo, [stages])}
+        progress(f"memory {name}: {out[name]}")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repository", type=Path, default=Path("model_repository"))
+    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--parts", default="overhead,throughput,trace,noise,memory")
+    ap.add_argument("--requests", type=int, default=None, help="per trace setting (default: every val image)")
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench"))
+    args = ap.parse_args()
+    parts = set(args.parts.split(","))
+
+    from anytime.clients.loadgen import open_dataset
+    from anytime.config import DEFAULT_CHECKPOINT
+    from anytime.data import DEFAULT_DATA_DIR
+    from anytime.data.synth import ensure_default
+    from anytime.export.exporter import ensure_exported
+
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
+    data = args.data or ensure_default(DEFAULT_DATA_DIR)
+    ensure_exported(args.repository, DEFAULT_CHECKPOINT)
+    dataset = open_dataset(data)
+    png = (dataset.image_dir / dataset.coco.imgs[dataset.ids[0]]["file_name"]).read_bytes()
+    work = Path(tempfile.mkdtemp(prefix="anytime-progressive-"))
+    report: dict = {}
+
+    with stack_for(args.repository, "upfront") as s:
+        info = model_info(s.address)
+        p95 = {p.exit: p.p95_ms for p in info.endpoints[0].profile}
+        p50 = {p.exit: p.p50_ms for p in info.endpoints[0].profile}
+    exits = sorted(p95)
+    capacity = 1000.0 / p50[exits[-1]]
+    budgets = f"uniform:{2 * p95[exits[0]]:.2f}:{4 * p95[exits[-1]]:.2f}"
+    n = args.requests or len(dataset)
+    report["profile"] = {"p50_ms": p50, "p95_ms": p95, "capacity_rps": capacity, "budgets": budgets}
+    log(f"upfront profile p50 {p50}, capacity {capacity:.1f}/s at exit {exits[-1]}, budgets {budgets}")
+
+    if "overhead" in parts or "throughput" in parts:
+        for mode in ("upfront", "progressive"):
+            with stack_for(args.repository, mode) as s:
+                if "overhead" in parts:
+                    ms = one_at_a_time(s.address, png, exits[-1], args.runs)
+                    report.setdefault("overhead", {})[mode] = {"p50": float(np.percentile(ms, 50)),
+                                                               "p95": float(np.percentile(ms, 95))}
+                    log(f"overhead {mode}: {report['overhead'][mode]}")
+                if "throughput" in parts:
+                    r = asyncio.run(closed_loop(s.address, png, clients=16, seconds=15.0, budget_ms=5000))
+                    report.setdefault("throughput", {})[mode] = r
+                    log(f"throughput {mode}: {r}")
+
+    if "trace" in parts or "noise" in parts:
+        for label, (execution, batch) in MODES.items():
+            repo = repository_variant(args.repository, work, batch)
+            with stack_for(repo, execution) as s:
+                for load in LOADS if "trace" in parts else ():
+                    r = run_trace(s.address, dataset, budgets, load * capacity, n, args.seed + int(load * 1000), False)
+                    report.setdefault("trace", {}).setdefault(label, {})[str(load)] = r
+                    log(f"trace {label} @ {load:.0%}: met {r['budget_met_rate']:.1%}, admitted met "
+                        f"{r['admitted_met_rate']}, AP {r['AP']:.4f}")
+                if "noise" in parts and label != "progressive, no batching":
+                    r = run_trace(s.address, dataset, budgets, 0.8 * capacity, n, args.seed + 800, True)
+                    report.setdefault("noise", {})[label] = r
+                    log(f"noise {label}: met {r['budget_met_rate']:.1%}")
+
+    if "memory" in parts:
+        report["memory"] = memory(args.repository, work, log)
+    shutil.rmtree(work, ignore_errors=True)
+    print_report(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "progressive.json").write_text(json.dumps(report, indent=1))
+    if "trace" in report:
+        plot(report, args.out / "progressive.png")
+    print(f"\nwrote {args.out / 'progressive.json'}" + (" and progressive.png" if "trace" in report else ""))
+    return 0
+
+
+def print_report(report: dict) -> None:
+    if "overhead" in report:
+        o = report["overhead"]
+        print(f"\n1. Overhead at batch 1, deepest exit, client's clock: upfront p50 {o['upfront']['p50']:.2f} ms, "
+              f"progressive p50 {o['progressive']['p50']:.2f} ms: {o['progressive']['p50'] / o['upfront']['p50']:.2f}x "
+              "(goal <= 1.15x)")
+    if "throughput" in report:
+        t = report["throughput"]
+        print(f"2. Saturation throughput (16 clients, closed loop): upfront {t['upfront']['answers_per_s']:.1f}/s, "
+              f"progressive {t['progressive']['answers_per_s']:.1f}/s: "
+              f"{t['progressive']['answers_per_s'] / t['upfront']['answers_per_s']:.2f}x (goal >= 1.5x)")
+    if "trace" in report:
+        print("3. Real-clock trace (met: all requests, client's clock; admitted met: of those not refused at once)")
+        print(f"{'load':>5} {'execution':>26} {'met':>7} {'admitted met':>13} {'AP@budget':>10} {'p50/p99 ms':>14}  exits used")
+        for label, per_load in report["trace"].items():
+            for load, r in per_load.items():
+                lat = r["latency_ms"]
+                p = "-" if lat["p50"] is None else f"{lat['p50']:.1f}/{lat['p99']:.1f}"
+                am = "-" if r["admitted_met_rate"] is None else f"{r['admitted_met_rate']:.1%}"
+                print(f"{float(load):>5.0%} {label:>26} {r['budget_met_rate']:>7.1%} {am:>13} {r['AP'] or 0:>10.4f} "
+                      f"{p:>14}  {' '.join(f'{e}:{c}' for e, c in r['exits'].items())}")
+    if "noise" in report:
+        print("4. 80% load, one core busy for the middle third: " + ", ".join(
+            f"{label} met {r['budget_met_rate']:.1%} (admitted {r['admitted_met_rate']:.1%})"
+            for label, r in report["noise"].items()))
+    if "memory" in report:
+        print("5. Resident memory of tritonserver + python stubs (MB): " + "; ".join(
+            f"{name}: per-exit {m['per-exit layout']:.0f}, stages {m['stage layout']:.0f}"
+            for name, m in report["memory"].items()))
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for k, (label, per_load) in enumerate(report["trace"].items()):
+        loads = [float(x) * 100 for x in per_load]
+        a.plot(loads, [r["AP"] or 0 for r in per_load.values()], marker="o", color=f"C{k}", label=label)
+        b.plot(loads, [100 * r["budget_met_rate"] for r in per_load.values()], marker="o", color=f"C{k}", label=label)
+    a.set(title="AP at budget (real clock)", xlabel="load (% of upfront capacity at the deepest exit)", ylabel="COCO AP")
+    b.set(title="answered within budget", xlabel="load (% of upfront capacity at the deepest exit)", ylabel="%")
+    a.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
