@@ -27,7 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-NP_TO_TRITON = {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
+NP_TO_TRITON = {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64",
+                np.dtype(np.int32): "INT32", np.dtype(np.float64): "FP64"}
 
 
 def graph_io(onnx_path: Path) -> tuple[list, list]:
@@ -133,8 +134,7 @@ def main() -> int:
         def in_triton():
             inputs = []
             for name, array in {"images": pixels, **extra}.items():
-                i = tc.InferInput(name, list(array.shape), {np.dtype(np.float64): "FP64"}.get(array.dtype) or
-                                  NP_TO_TRITON[array.dtype])
+                i = tc.InferInput(name, list(array.shape), NP_TO_TRITON[array.dtype])
                 i.set_data_from_numpy(array)
                 inputs.append(i)
             client.async_stream_infer(prog["model"], inputs)
