@@ -104,7 +104,7 @@ def main() -> int:
         sched.complete(a, clock[0] + 0.01, 0.01)
     row("scheduler (admit, ready, dispatch, complete)", timed(one_decision, args.runs))
 
-    with ServingStack(args.repository, gateway_args=("--execution", "upfront"))  # the per-exit path as stack:
+    with ServingStack(args.repository, gateway_args=("--execution", "upfront")) as stack:  # the per-exit path
         triton = tc.InferenceServerClient(stack.tritons[0].grpc_url)
         inp = tc.InferInput("images", list(pixels.shape), "UINT8")
         inp.set_data_from_numpy(pixels)

@@ -206,7 +206,7 @@ def main() -> int:
     real: dict[tuple[float, str], dict] = {}
     respond = 0.0
     if not args.no_real:
-        with ServingStack(args.repository, gateway_args=("--execution", "upfront"))  # what the simulator models as stack:
+        with ServingStack(args.repository, gateway_args=("--execution", "upfront")) as stack:  # the modelled scheduler
             respond = idle_respond_time(stack.address, dataset)
             print(f"client-side time beyond the gateway's total at idle: {respond * 1e3:.2f} ms", file=sys.stderr)
             for load in loads:
