@@ -36,18 +36,6 @@ def repo(model, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def stack(repo):
-    with ServingStack(repo) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def stub(stack):
-    with grpc.insecure_channel(stack.address) as channel:
-        yield pb_grpc.DetectorStub(channel)
-
-
 def png(h=150, w=200, seed=0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
