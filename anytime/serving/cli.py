@@ -37,6 +37,9 @@ def _add_serve_parser(sub) -> None:
                         "chosen before it starts, through the per-exit models")
     p.add_argument("--slots", type=int, default=1, help="upfront: requests in flight per Triton endpoint (default: %(default)s)")
     p.add_argument("--quantile", type=float, default=0.95, help="latency quantile the scheduler plans with")
+    p.add_argument("--margin-ms", type=float, default=None,
+                   help="upfront: time reserved per request outside Triton (answer, transport; default: the "
+                        "scheduler's, 2 ms, measured)")
     p.add_argument("--token", default=None, help="require 'authorization: Bearer TOKEN' on Detector calls")
     p.add_argument("--tls-cert", type=Path, default=None)
     p.add_argument("--tls-key", type=Path, default=None)
@@ -79,7 +82,8 @@ def run(args) -> int:
             execution=args.execution,
             max_message_bytes=int(args.max_message_mb * 1024 * 1024),
             scheduler=SchedulerConfig(quantile=args.quantile, when_infeasible=args.when_infeasible,
-                                      slots_per_endpoint=args.slots))
+                                      slots_per_endpoint=args.slots,
+                                      **({} if args.margin_ms is None else {"margin_ms": args.margin_ms})))
         asyncio.run(_serve(config))
     return 0
 
