@@ -3,7 +3,7 @@ budget allows, on one or more Triton servers through tritonclient's asyncio gRPC
 
 The budget of a request is the smaller of its gRPC deadline's remaining time and its explicit ``budget_ms``
 (the configured default when it has neither). ``anytime.serving.scheduler`` decides admission (and, upfront, the
-exit); ``anytime.serving.execution`` runs requests, progressively (the default) or upfront. This module does the
+exit); ``anytime.serving.execution`` runs requests, upfront (the default) or progressively. This module does the
 rest of the I/O: the RPCs, decoding, health, metrics, auth and shutdown.
 """
 
@@ -60,7 +60,7 @@ class GatewayConfig:
     spot_check_tolerance: float = 2.0
     health_interval_s: float = 0.5
     decode_workers: int = 2  # images decoded at once; admitted requests beyond wait their turn (in order)
-    execution: str = "progressive"  # "progressive" (stage by stage, answered at the deadline) or "upfront"
+    execution: str = "upfront"  # "upfront" (one exit chosen per request) or "progressive" (stage by stage)
     # progressive: a request is answered this long before its deadline with the exit it has (building and
     # sending the answer takes about that long on a busy 2-core machine), plus however late the event loop has
     # run lately (anytime.serving.looplag: during a burst, tens of milliseconds)

@@ -9,8 +9,10 @@ from anytime.serving.stack import ServingStack
 
 
 @pytest.fixture(scope="module")
-def stack(repo):
-    with ServingStack(repo) as s:
+def stack(request, repo):
+    """The module's ``EXECUTION`` (default: the gateway's default) decides how the gateway runs requests."""
+    args = ("--execution", request.module.EXECUTION) if hasattr(request.module, "EXECUTION") else ()
+    with ServingStack(repo, gateway_args=args) as s:
         yield s
 
 

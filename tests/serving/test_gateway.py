@@ -75,7 +75,7 @@ def test_raw_tensors_and_score_threshold(stub):
     assert all(d.score >= 0.985 for d in some.detections)
 
 
-def _serve_random_model(tmp_path_factory, name: str, logit_std: float, execution: str = "progressive",
+def _serve_random_model(tmp_path_factory, name: str, logit_std: float, execution: str = "upfront",
                         **config) -> ServingStack:
     out = tmp_path_factory.mktemp(name) / "repo"
     model = random_detector(tiny_config(**config), logit_std=logit_std)

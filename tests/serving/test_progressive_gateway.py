@@ -22,6 +22,7 @@ from anytime.serving.stack import ServingStack
 from anytime.testing import random_detector, tiny_config
 
 EXITS = 6
+EXECUTION = "progressive"  # the stack fixture (tests/serving/conftest.py) serves with it
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_a_client_that_goes_away_takes_its_remaining_stages_with_it(stack, stub)
 
 
 def test_token_auth_covers_the_progressive_stream(repo):
-    with ServingStack(repo, gateway_args=("--token", "s3cret")) as s, grpc.insecure_channel(s.address) as ch:
+    with ServingStack(repo, gateway_args=("--execution", EXECUTION, "--token", "s3cret")) as s, grpc.insecure_channel(s.address) as ch:
         stub = pb_grpc.DetectorStub(ch)
         with pytest.raises(grpc.RpcError) as e:
             list(stub.DetectProgressive(pb.DetectRequest(encoded=png(), budget_ms=5000), timeout=10))
@@ -125,7 +126,7 @@ def test_token_auth_covers_the_progressive_stream(repo):
 def test_a_killed_triton_ends_requests_at_once_with_unavailable_or_the_exit_it_has(repo):
     """SIGKILL while a request waits inside Triton: no hang. Without an exit yet: UNAVAILABLE at once; with
     exit 1 in hand: that answer, at once."""
-    with ServingStack(repo) as s, grpc.insecure_channel(s.address) as ch:
+    with ServingStack(repo, gateway_args=("--execution", EXECUTION)) as s, grpc.insecure_channel(s.address) as ch:
         stub = pb_grpc.DetectorStub(ch)
         triton = s.tritons[0]
         os.killpg(triton.pid, signal.SIGSTOP)  # frozen: the request below waits for its first stage
