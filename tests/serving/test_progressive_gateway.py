@@ -70,7 +70,10 @@ def test_exits_stream_in_increasing_order_and_the_last_is_the_answer(stub):
 
 def test_a_tight_budget_stops_early_and_still_answers_in_time(stub):
     p95 = profile(stub)
-    budget = p95[1] + (p95[2] - p95[1]) / 2 + 5  # room for exit 1 and maybe 2, never all six
+    assert p95[EXITS] - p95[1] > 16, p95  # the test needs a deepest exit well beyond the first
+    # Room for exit 1 with what the gateway spends around it (decoding, the answer margin: about 6 ms) and some
+    # noise, never for all six.
+    budget = p95[1] + max(12.0, (p95[EXITS] - p95[1]) / 2)
     r = stub.Detect(pb.DetectRequest(encoded=png(), budget_ms=budget))
     assert 1 <= r.exit < EXITS, (p95, budget, r.exit)
 
