@@ -1,10 +1,25 @@
-"""Helpers shared by the test-suite and benchmarks: tiny configurations and detection comparison."""
+"""Helpers shared by the test-suite and benchmarks: tiny configurations, detection comparison, metrics."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from anytime.config import ModelConfig
+
+
+def scrape(url: str, name: str, **labels: str) -> float:
+    """The value of metric ``name`` on a Prometheus endpoint, summed over the series with at least these labels.
+
+    ``name`` is the metric family's: a counter's value is its ``_total`` sample (the parser names it so even where
+    the server, as Triton's custom metrics do, leaves the suffix out), a gauge's its only sample.
+    """
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text) if family.name == name
+               for s in family.samples if s.name in (name, name + "_total") and labels.items() <= s.labels.items())
 
 
 def tiny_config(**changes) -> ModelConfig:

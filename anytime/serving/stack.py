@@ -36,6 +36,11 @@ class ServingStack:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        """The gateway's Prometheus endpoint."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     def start(self) -> "ServingStack":
         try:
             for _ in range(self.triton_count):

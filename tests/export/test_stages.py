@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import queue
 import time
-import urllib.request
 
 import numpy as np
 import onnxruntime as ort
@@ -17,7 +16,7 @@ from anytime.export.exporter import export_repository
 from anytime.export.onnx import CANDIDATE_NAMES, OUTPUT_NAMES, export_exit, export_stage, stage_io
 from anytime.export.verify import NmsSettings, check_candidates, check_nms
 from anytime.serving.triton import TritonServer, free_ports
-from anytime.testing import random_detector, tiny_config
+from anytime.testing import random_detector, scrape, tiny_config
 
 EXITS = 4
 
@@ -93,11 +92,6 @@ def _collect(answers, n_requests: int, timeout=30.0) -> dict[str, list]:
     return got
 
 
-def _metric(server, name: str, label: str) -> float:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name) and label in line)
-
-
 def test_exits_stream_in_increasing_order_and_an_impossible_budget_is_an_error(triton):
     client, answers = _stream(triton)
     try:
@@ -113,8 +107,8 @@ def test_exits_stream_in_increasing_order_and_an_impossible_budget_is_an_error(t
 
 
 def test_requests_waiting_at_a_stage_share_one_call(triton):
-    runs = _metric(triton, "anytime_stage_runs", 'stage="1"')
-    images = _metric(triton, "anytime_stage_images", 'stage="1"')
+    runs = scrape(triton.metrics_url, "anytime_stage_runs", stage="1")
+    images = scrape(triton.metrics_url, "anytime_stage_images", stage="1")
     client, answers = _stream(triton)
     try:
         for i in range(16):
@@ -123,14 +117,14 @@ def test_requests_waiting_at_a_stage_share_one_call(triton):
     finally:
         client.stop_stream()
     assert all(v == [1, 2, 3, 4] for v in got.values()) and len(got) == 16
-    runs, images = _metric(triton, "anytime_stage_runs", 'stage="1"') - runs, \
-        _metric(triton, "anytime_stage_images", 'stage="1"') - images
+    runs, images = scrape(triton.metrics_url, "anytime_stage_runs", stage="1") - runs, \
+        scrape(triton.metrics_url, "anytime_stage_images", stage="1") - images
     assert images == 16 and runs < 16, (runs, images)
 
 
 def test_a_cancelled_request_runs_no_further_stage(triton):
-    deepest = _metric(triton, "anytime_stage_images", f'stage="{EXITS}"')
-    cancelled = _metric(triton, "anytime_progressive_requests", 'outcome="cancelled"')
+    deepest = scrape(triton.metrics_url, "anytime_stage_images", stage=str(EXITS))
+    cancelled = scrape(triton.metrics_url, "anytime_progressive_requests", outcome="cancelled")
     client = tc.InferenceServerClient(triton.grpc_url)
     first = queue.Queue()
     client.start_stream(callback=lambda result, error: first.put(result))
@@ -138,7 +132,7 @@ def test_a_cancelled_request_runs_no_further_stage(triton):
     assert first.get(timeout=30).as_numpy("exit")[0] == 1
     client.stop_stream(cancel_requests=True)  # the client goes away after its first exit
     deadline = time.monotonic() + 10
-    while _metric(triton, "anytime_progressive_requests", 'outcome="cancelled"') == cancelled:
+    while scrape(triton.metrics_url, "anytime_progressive_requests", outcome="cancelled") == cancelled:
         assert time.monotonic() < deadline, "the engine never saw the cancellation"
         time.sleep(0.05)
-    assert _metric(triton, "anytime_stage_images", f'stage="{EXITS}"') == deepest
+    assert scrape(triton.metrics_url, "anytime_stage_images", stage=str(EXITS)) == deepest

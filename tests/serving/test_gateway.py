@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from anytime.export.exporter import export_repository
-from anytime.testing import assert_same_detections, random_detector, tiny_config
+from anytime.testing import assert_same_detections, random_detector, scrape, tiny_config
 from anytime.serving.api import anytime_pb2 as pb
 from anytime.serving.api import anytime_pb2_grpc as pb_grpc
 from anytime.imaging import boxes_to_original
@@ -187,7 +187,7 @@ def test_health_reflection_and_metrics(stack, stub):
     stub.Detect(pb.DetectRequest(encoded=png(32, 32), budget_ms=10_000))
     import urllib.request
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5).read().decode()
+    text = urllib.request.urlopen(stack.metrics_url, timeout=5).read().decode()
     for name in ("anytime_requests_total", "anytime_exit_used_total", "anytime_budget_total", "anytime_queue_depth",
                  "anytime_latency_seconds_bucket", "anytime_shed_total"):
         assert name in text
@@ -315,13 +315,6 @@ def test_the_token_is_compared_in_constant_time(monkeypatch):
     assert asyncio.run(go()) is not None and calls == [(b"Bearer guess", b"Bearer s3cret")]
 
 
-def _metric(stack, name: str) -> float:
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
-
-
 def _photo(h=240, w=320, seed=0) -> bytes:
     """A JPEG like a camera's: smooth content, some texture (decoding it costs a few ms)."""
     rng = np.random.default_rng(seed)
@@ -341,7 +334,7 @@ def test_a_burst_of_200_at_ten_times_capacity_decodes_only_what_it_admits(heavy_
     p50 = {p.exit: p.p50_ms for p in info.endpoints[0].profile}
     budget = 20 * p50[1]
     photo = _photo()
-    decoded_before = _metric(heavy_stack, "anytime_images_decoded_total")
+    decoded_before = scrape(heavy_stack.metrics_url, "anytime_images_decoded")
 
     async def burst():
         async with grpc.aio.insecure_channel(heavy_stack.address) as ch:
@@ -357,7 +350,7 @@ def test_a_burst_of_200_at_ten_times_capacity_decodes_only_what_it_admits(heavy_
                     return e.code().name, False, False, e.details() or ""
             return await asyncio.gather(*(one() for _ in range(200)))
     results = asyncio.run(burst())
-    decoded = _metric(heavy_stack, "anytime_images_decoded_total") - decoded_before
+    decoded = scrape(heavy_stack.metrics_url, "anytime_images_decoded") - decoded_before
     ok = [(client_met, server_met) for code, client_met, server_met, _ in results if code == "OK"]
     # refused at admission: overload, or a budget that even exit 1 cannot fit (what is left of it on arrival)
     refused = [m for code, _, _, m in results if code == "RESOURCE_EXHAUSTED" or "below the fastest exit" in m]

@@ -8,7 +8,6 @@ import io
 import os
 import signal
 import time
-import urllib.request
 
 import grpc
 import numpy as np
@@ -19,7 +18,7 @@ from anytime.export.exporter import export_repository
 from anytime.serving.api import anytime_pb2 as pb
 from anytime.serving.api import anytime_pb2_grpc as pb_grpc
 from anytime.serving.stack import ServingStack
-from anytime.testing import random_detector, tiny_config
+from anytime.testing import random_detector, scrape, tiny_config
 
 EXITS = 6
 EXECUTION = "progressive"  # the stack fixture (tests/serving/conftest.py) serves with it
@@ -47,14 +46,7 @@ def profile(stub) -> dict[int, float]:
 
 
 def stage_images(stack, stage: int) -> float:
-    text = urllib.request.urlopen(stack.tritons[0].metrics_url, timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith("anytime_stage_images") and f'stage="{stage}"' in line)
-
-
-def gateway_metric(stack, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+    return scrape(stack.tritons[0].metrics_url, "anytime_stage_images", stage=str(stage))
 
 
 def test_exits_stream_in_increasing_order_and_the_last_is_the_answer(stub):
@@ -98,7 +90,7 @@ def test_the_answer_comes_at_the_deadline_while_triton_is_stuck_in_a_later_stage
     assert answer.exit >= 1 and answer.exit < EXITS
     # at the deadline less the answer margin: 3 ms plus the worst event-loop lag of the last 2 s, which the
     # gateway publishes (read right after, it still covers the moment of the answer)
-    lag_ms = 1e3 * gateway_metric(stack, "anytime_event_loop_lag_seconds")
+    lag_ms = 1e3 * scrape(stack.metrics_url, "anytime_event_loop_lag_seconds")
     assert budget - 3 - lag_ms - 25 <= elapsed <= budget + 100 and elapsed >= 0.5 * budget, (budget, elapsed, lag_ms)
     assert answer.budget_met
 
