@@ -186,13 +186,12 @@ class TritonPythonModel:
         seconds = time.monotonic() - t0
         self.m_runs[stage].increment(1)
         self.m_images[stage].increment(len(jobs))
-        last = stage == len(self.sessions)
         with self.lock:  # first what comes next for each request, so that a last response says it is the last
             done = {job.id for job in self.engine.ran(stage, jobs, seconds, time.monotonic())}
         for i, job in enumerate(jobs):
             if job.state == "cancelled":
                 continue
-            if not last and job.id not in done:  # the next stage's input: this stage's features, this request's row
+            if job.id not in done:  # the next stage's input: this stage's features, this request's row
                 job.payload.inputs = [out[n][i:i + 1] for n in self.features_out]
             final = job.id in done
             tensors = [pb_utils.Tensor(n, np.ascontiguousarray(out[n][i:i + 1], dtype=DTYPES[n])) for n in DETECTIONS]

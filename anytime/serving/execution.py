@@ -70,6 +70,21 @@ def _unreachable(e: InferenceServerException) -> bool:
     return "UNAVAILABLE" in str(e.status()) or "failed to connect" in (e.message() or "").lower()
 
 
+# what the progressive model says when a request's budget cannot give it its first exit
+_OUT_OF_TIME = ("no exit can be computed", "deadline passed")
+
+
+def triton_failure(gateway, address: str, e: InferenceServerException) -> Failure:
+    """The gRPC status a failed Triton call ends its request with; an unreachable endpoint is marked down."""
+    message = e.message() or ""
+    if _unreachable(e):
+        gateway.set_endpoint(address, False)
+        return unavailable(f"inference server {address}: {message}")
+    late = "DEADLINE" in str(e.status()) or any(m in message for m in _OUT_OF_TIME)
+    return Failure(grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.INTERNAL,
+                   f"inference server {address}: {message}")
+
+
 class Execution:
     """What both strategies share: the Triton clients, the admission scheduler, the start-up prior."""
 
@@ -172,13 +187,7 @@ class UpfrontExecution(Execution):
             censored = False
             settle(pending.future, result=(a.exit, a.endpoint, outputs))
         except InferenceServerException as e:
-            if _unreachable(e):
-                self.gateway.set_endpoint(a.endpoint, False)
-                failure = unavailable(f"inference server {a.endpoint}: {e.message()}")
-            else:
-                code = grpc.StatusCode.DEADLINE_EXCEEDED if "DEADLINE" in str(e.status()) else grpc.StatusCode.INTERNAL
-                failure = Failure(code, f"inference server {a.endpoint}: {e.message()}")
-            settle(pending.future, exception=failure)
+            settle(pending.future, exception=triton_failure(self.gateway, a.endpoint, e))
         except Exception as e:  # never leave a caller waiting
             settle(pending.future, exception=Failure(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
         finally:
@@ -281,8 +290,7 @@ class ProgressiveExecution(Execution):
             self.scheduler.cancel(req)
             return
         pending.dispatched = time.monotonic()
-        best = None
-        first_useful = req.min_exit
+        best, failure = None, None  # the answer so far; what the request ends with if it gets none
         self.outstanding[address] += 1
         # Answer a little before the deadline (building and sending the answer takes that long, and longer when
         # the event loop runs late); the stages get what is left of the budget until then. The lag part of the
@@ -300,42 +308,30 @@ class ProgressiveExecution(Execution):
                 async for exit, outputs in self._stream(self.clients[address], pending.pixels, budget_ms, exits):
                     if exit < req.min_exit:
                         continue
-                    if exit >= first_useful:  # its reservation (work until its first useful exit) is done
-                        self.scheduler.cancel(req)
+                    self.scheduler.cancel(req)  # its reservation (work until its first useful exit) is done
                     best = (exit, address, outputs)
                     if pending.on_exit is not None:
                         pending.on_exit(exit, outputs)
         except TimeoutError:  # the deadline: answer with what has arrived (the stream is cancelled on exit)
             pass
-        except InferenceServerException as e:  # with an exit in hand, that is the answer; else the error is
-            message = e.message() or ""
-            if _unreachable(e):
-                g.set_endpoint(address, False)
-                failure = unavailable(f"inference server {address}: {message}")
-            elif "no exit can be computed" in message or "deadline passed" in message:
-                failure = Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"inference server {address}: {message}")
-            else:
-                failure = Failure(grpc.StatusCode.INTERNAL, f"inference server {address}: {message}")
-            if best is None:
-                settle(pending.future, exception=failure)
+        except InferenceServerException as e:  # with an exit in hand, that is still the answer
+            failure = triton_failure(g, address, e)
         except grpc.aio.AioRpcError as e:  # the stream itself broke: Triton died or the connection went
-            if e.code() == grpc.StatusCode.UNAVAILABLE:
+            down = e.code() == grpc.StatusCode.UNAVAILABLE
+            if down:
                 g.set_endpoint(address, False)
-            if best is None:
-                settle(pending.future, exception=Failure(
-                    grpc.StatusCode.UNAVAILABLE if e.code() == grpc.StatusCode.UNAVAILABLE else grpc.StatusCode.INTERNAL,
-                    f"inference server {address}: {e.details()}"))
+            failure = Failure(grpc.StatusCode.UNAVAILABLE if down else grpc.StatusCode.INTERNAL,
+                              f"inference server {address}: {e.details()}")
         except Exception as e:  # never leave a caller waiting
-            if best is None:
-                settle(pending.future, exception=Failure(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
+            failure = Failure(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         finally:
             self.outstanding[address] -= 1
             self.scheduler.cancel(req)
             if best is not None:
                 settle(pending.future, result=best)
             else:
-                settle(pending.future, exception=Failure(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                                         "no exit could be computed within the budget"))
+                settle(pending.future, exception=failure or Failure(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "no exit could be computed within the budget"))
             g.update_gauges()
 
 

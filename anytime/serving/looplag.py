@@ -41,8 +41,7 @@ class LoopLag:
 
     def observe(self, lag_s: float, now: float) -> None:
         """Record a lag measured at ``now`` (the heartbeat does; tests call it directly)."""
-        while self._samples and self._samples[0][0] < now - self.window:
-            self._samples.popleft()
+        self._forget(now)
         if lag_s > 0.0005:
             # keep the deque a decreasing sequence of lags: an older, smaller lag can never be the maximum again
             while self._samples and self._samples[-1][1] <= lag_s:
@@ -50,10 +49,12 @@ class LoopLag:
             self._samples.append((now, lag_s))
 
     def recent_s(self, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
+        self._forget(time.monotonic() if now is None else now)
+        return self._samples[0][1] if self._samples else 0.0
+
+    def _forget(self, now: float) -> None:
         while self._samples and self._samples[0][0] < now - self.window:
             self._samples.popleft()
-        return self._samples[0][1] if self._samples else 0.0
 
     async def _beat(self) -> None:
         while True:

@@ -129,11 +129,10 @@ class StageEngine:
         if not heads:
             return plan
         stage = min(heads, key=lambda s: (heads[s].deadline, -s))
-        if stage != 1 and 1 in heads:
-            batch = self._batch(stage, now)
-            if not self._first_exits_survive(now + self.predict(stage, len(batch)), now):
-                stage = 1
-        plan.stage, plan.jobs = stage, self._batch(stage, now)
+        jobs = self._batch(stage, now)
+        if stage != 1 and 1 in heads and not self._first_exits_survive(now + self.predict(stage, len(jobs)), now):
+            stage, jobs = 1, self._batch(1, now)
+        plan.stage, plan.jobs = stage, jobs
         for job in plan.jobs:
             self._queues[stage].remove((job.deadline, job.id, job))
             job.state = "running"
