@@ -51,13 +51,13 @@ def repository_variant(source: Path, work: Path, max_stage_batch: int | None) ->
     out = work / f"repo-b{max_stage_batch}"
     if not out.exists():
         shutil.copytree(source, out)
-        cfg = out / PROGRESSIVE_MODEL / "config.pbtxt"
-        text = cfg.read_text()
-        key = 'key: "max_stage_batch"'
-        head, tail = text.split(key, 1)
-        value_start = tail.index('string_value: "') + len('string_value: "')
-        value_end = tail.index('"', value_start)
-        cfg.write_text(head + key + tail[:value_start] + str(max_stage_batch) + tail[value_end:])
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2 as mc
+
+        path = out / PROGRESSIVE_MODEL / "config.pbtxt"
+        cfg = text_format.Parse(path.read_text(), mc.ModelConfig())
+        cfg.parameters["max_stage_batch"].string_value = str(max_stage_batch)
+        path.write_text(text_format.MessageToString(cfg))
     return out
 
 
