@@ -2,10 +2,13 @@
 architectures against NAS-FPN and the FPN baseline on the same proxy (from benchmarks/proxy_signal.py).
 
     .venv/bin/python benchmarks/search_compare.py runs/search-ppo runs/search-random \\
-        --signal runs/proxy_signal/cpu/results.json
+        --signal runs/proxy_signal/cpu/results.json --plot runs/search_compare.png
 
 Every trial of a search and the seed-0 rows of the signal table train with the same proxy seed, so their
-rewards are directly comparable.
+rewards are directly comparable. Searches are compared over the same number of trials: the first N of each,
+N the smallest count (or ``--trials``). With two searches, a permutation test says how often a random split
+of their pooled rewards gives a difference of means at least as large as the one seen: the question is
+whether the controller's samples are better on average, not only its single best.
 """
 
 from __future__ import annotations
@@ -21,18 +24,26 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("searches", nargs="+", help="search directories")
     ap.add_argument("--signal", help="results.json of benchmarks/proxy_signal.py on the same proxy")
+    ap.add_argument("--trials", type=int, help="compare the first N trials of each (default: the smallest count)")
+    ap.add_argument("--plot", help="write the best-so-far curves of the searches here (PNG)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the permutation test")
     args = ap.parse_args(argv)
 
     from anytime.model.spec import PyramidSpec
     from anytime.search.space import canonical
     from anytime.search.state import read_records
 
-    rows = []
-    for d in args.searches:
-        recs = read_records(d)
-        if not recs:
-            print(f"{d}: no trials", file=sys.stderr)
-            continue
+    loaded = {d: sorted(read_records(d), key=lambda r: r["step"]) for d in args.searches}
+    for d in [d for d, recs in loaded.items() if not recs]:
+        print(f"{d}: no trials", file=sys.stderr)
+        del loaded[d]
+    if not loaded:
+        return 1
+    n = args.trials or min(len(recs) for recs in loaded.values())
+    print(f"the first {n} trials of each search\n")
+    rows, per_search = [], {}
+    for d, recs in loaded.items():
+        recs = recs[:n]
         cfg = json.loads((Path(d) / "search.json").read_text())
         rewards = [r["reward"] for r in recs]
         ok = [r for r in recs if r["status"] != "failed"]
@@ -49,14 +60,20 @@ def main(argv=None) -> int:
             "last_quarter": statistics.mean(rewards[-q:]), "best_at": best_at,
             "hours": sum(r["seconds"] or 0 for r in recs) / 3600,
         })
+        per_search[f"{cfg['controller']} ({d})"] = recs
     marks = sorted({m for r in rows for m in r["best_at"]})
     print("| search | controller | trials | unique | failed | best reward (step) | mean | first / last quarter mean | "
-          + " | ".join(f"best by {m}" for m in marks) + " | trial wall-clock hours |")
+          + "".join(f"best by {m} | " for m in marks) + "trial wall-clock hours |")
     print("|" + "---|" * (9 + len(marks)))
     for r in rows:
         print(f"| {r['search']} | {r['controller']} | {r['trials']} | {r['unique']} | {r['failed']} | "
               f"{r['best']:.4f} ({r['best_step']}) | {r['mean']:.4f} | {r['first_quarter']:.4f} / {r['last_quarter']:.4f} | "
-              + " | ".join(f"{r['best_at'].get(m, float('nan')):.4f}" for m in marks) + f" | {r['hours']:.2f} |")
+              + "".join(f"{r['best_at'].get(m, float('nan')):.4f} | " for m in marks) + f"{r['hours']:.2f} |")
+    if len(per_search) == 2:
+        (la, ra), (lb, rb) = per_search.items()
+        diff, p = permutation_test([r["reward"] for r in ra], [r["reward"] for r in rb], seed=args.seed)
+        print(f"\nmean reward, {la} minus {lb}: {diff:+.4f}; permutation test (two-sided, 20000 splits): p = {p:.3f}")
+    ref = {}
     if args.signal:
         sig = json.loads(Path(args.signal).read_text())
         ref = {row["label"]: row["reward"] for row in sig["rows"] if row["seed"] == 0}
@@ -71,7 +88,30 @@ def main(argv=None) -> int:
                 print(f"| {label} | {ref[label]:.4f} |")
         if noise is not None:
             print(f"\nseed noise of the proxy (max - min over seeds of one architecture): {noise:.4f}")
+        for label in ("fpn",):
+            if label in ref:
+                print(" ".join(f"{r['controller']}: {sum(t['reward'] > ref[label] for t in per_search[k])}/{r['trials']} "
+                               f"trials above {label};" for r, k in zip(rows, per_search)))
+    if args.plot:
+        from anytime.search.plots import plot_best_so_far
+
+        refs = {name: ref[key] for name, key in (("NAS-FPN", "nasfpn"), ("FPN", "fpn")) if key in ref}
+        print(f"\nplot: {plot_best_so_far(per_search, args.plot, refs, title=f'best reward in the first {n} trials')}")
     return 0
+
+
+def permutation_test(a: list[float], b: list[float], rounds: int = 20000, seed: int = 0) -> tuple[float, float]:
+    """Difference of means (a - b) and its two-sided permutation p-value (with the +1 correction)."""
+    import numpy as np
+
+    pooled = np.asarray(a + b, dtype=float)
+    observed = float(np.mean(a) - np.mean(b))
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(rounds):
+        rng.shuffle(pooled)
+        hits += abs(pooled[: len(a)].mean() - pooled[len(a):].mean()) >= abs(observed) - 1e-12
+    return observed, (hits + 1) / (rounds + 1)
 
 
 if __name__ == "__main__":

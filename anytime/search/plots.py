@@ -42,9 +42,13 @@ def plot_rewards(records: list[dict], path: str | Path, title: str = "", window:
         best.append(top if top > float("-inf") else None)
     ax.plot(steps, mean, color="black", lw=1.5, label=f"running mean ({window})")
     ax.plot(steps, best, color="tab:green", lw=1.5, drawstyle="steps-post", label="best so far")
-    ax.set_xlabel("step (sampled architecture)")
+    return _save_reward_axes(fig, ax, path, "step (sampled architecture)", title or "reward over the search")
+
+
+def _save_reward_axes(fig, ax, path, xlabel: str, title: str) -> Path:
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("reward (proxy AP)")
-    ax.set_title(title or "reward over the search")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -137,3 +141,24 @@ def draw_architectures(specs: list, path: str | Path, titles: list[str] | None =
     fig.savefig(path)
     return Path(path)
 
+
+
+def plot_best_so_far(searches: dict[str, list[dict]], path: str | Path, references: dict[str, float] | None = None,
+                     title: str = "") -> Path:
+    """Searches side by side: each one's best reward so far by step (failed trials do not count), with
+    reference architectures on the same proxy (e.g. NAS-FPN, FPN) as horizontal lines."""
+    fig = _figure(6.5, 3.8)
+    ax = fig.add_subplot()
+    for k, (label, records) in enumerate(searches.items()):
+        records = sorted(records, key=lambda r: r["step"])
+        best, top = [], float("-inf")
+        for rec in records:
+            if rec["status"] != "failed":
+                top = max(top, rec["reward"])
+            best.append(top if top > float("-inf") else None)
+        ax.plot([r["step"] + 1 for r in records], best, lw=2, drawstyle="steps-post", color=f"C{k}",
+                label=f"{label}: best so far")
+        ax.scatter([r["step"] + 1 for r in records], [r["reward"] for r in records], s=8, alpha=0.35, color=f"C{k}")
+    for i, (label, value) in enumerate((references or {}).items()):
+        ax.axhline(value, color="grey", ls=("--", ":", "-.")[i % 3], lw=1, label=f"{label} ({value:.4f})")
+    return _save_reward_axes(fig, ax, path, "trials", title or "best reward so far")
