@@ -9,7 +9,9 @@ import json
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters and multiply-adds per exit for a configuration",
                        description="Print, per exit, the parameters and multiply-adds (GMACs) that running up to that "
-                                   "exit needs (backbone + first k pyramid networks + head k), and the totals.")
+                                   "exit needs (backbone + first k pyramid networks + head k), what reaching it costs when every exit on "
+                                   "the way gives its detections too (heads 1..k, as progressive execution does), "
+                                   "and the totals.")
     p.add_argument("config", nargs="?", default=None,
                    help="preset name (see --list) or a JSON config file; default: the default CPU configuration")
     p.add_argument("--list", action="store_true", help="list the presets and exit")
@@ -42,8 +44,9 @@ def run(args) -> int:
     c = info["config"]
     print(f"{c['backbone']} + {c['pyramid']} {c['repeats']} @ {c['width']}, {c['num_classes']} classes, "
           f"{c['image_size']}x{c['image_size']} input")
-    print(f"{'exit':>4}  {'params (M)':>10}  {'GMACs':>9}")
+    print(f"{'exit':>4}  {'params (M)':>10}  {'GMACs':>9}  {'GMACs with every exit on the way':>33}")
     for e in info["exits"]:
-        print(f"{e['exit']:>4}  {e['params'] / 1e6:>10.2f}  {e['gmacs']:>9.2f}")
+        print(f"{e['exit']:>4}  {e['params'] / 1e6:>10.2f}  {e['gmacs']:>9.2f}  "
+              f"{e['gmacs_every_exit']:>24.2f} ({e['gmacs_every_exit'] / e['gmacs']:.2f}x)")
     print(f"total parameters: {info['params_total'] / 1e6:.2f} M; all exits together: {info['gmacs_all_exits']:.2f} GMACs")
     return 0

@@ -34,3 +34,17 @@ def test_info_bad_input_is_a_clear_error(capsys):
     assert "cannot be divided by the pyramid" in capsys.readouterr().err
     assert main(["info", "--backbone", "vgg"]) == 2
     assert "unknown backbone 'vgg'" in capsys.readouterr().err
+
+
+def test_every_exit_on_the_way_adds_one_head_per_earlier_exit(capsys):
+    """Progressive execution that answers at every exit pays head j for every j < k on top of the exit-k model:
+    the same head cost each time (the heads see the same levels and widths), and all of them at the last exit."""
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    exits = info["exits"]
+    head = exits[1]["gmacs_every_exit"] - exits[1]["gmacs"]
+    assert head > 0
+    assert exits[0]["gmacs_every_exit"] == pytest.approx(exits[0]["gmacs"])
+    for j, e in enumerate(exits):
+        assert e["gmacs_every_exit"] - e["gmacs"] == pytest.approx(j * head, rel=1e-6)
+    assert exits[-1]["gmacs_every_exit"] == pytest.approx(info["gmacs_all_exits"])
