@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         return 1
     n = args.trials or min(len(recs) for recs in loaded.values())
     print(f"the first {n} trials of each search\n")
-    rows, per_search = [], {}
+    rows = []
     for d, recs in loaded.items():
         recs = recs[:n]
         cfg = json.loads((Path(d) / "search.json").read_text())
@@ -53,14 +53,13 @@ def main(argv=None) -> int:
         best_at = {m: max(r["reward"] for r in ok if r["step"] < m) for m in marks}
         q = max(1, len(recs) // 4)
         rows.append({
-            "search": d, "controller": cfg["controller"], "trials": len(recs),
+            "search": d, "label": f"{cfg['controller']} ({d})", "records": recs, "controller": cfg["controller"], "trials": len(recs),
             "failed": sum(r["status"] == "failed" for r in recs), "reused": sum(r["status"] == "reused" for r in recs),
             "unique": len(keys), "best": best["reward"], "best_step": best["step"],
             "mean": statistics.mean(rewards), "first_quarter": statistics.mean(rewards[:q]),
             "last_quarter": statistics.mean(rewards[-q:]), "best_at": best_at,
             "hours": sum(r["seconds"] or 0 for r in recs) / 3600,
         })
-        per_search[f"{cfg['controller']} ({d})"] = recs
     marks = sorted({m for r in rows for m in r["best_at"]})
     print("| search | controller | trials | unique | failed | best reward (step) | mean | first / last quarter mean | "
           + "".join(f"best by {m} | " for m in marks) + "trial wall-clock hours |")
@@ -69,10 +68,12 @@ def main(argv=None) -> int:
         print(f"| {r['search']} | {r['controller']} | {r['trials']} | {r['unique']} | {r['failed']} | "
               f"{r['best']:.4f} ({r['best_step']}) | {r['mean']:.4f} | {r['first_quarter']:.4f} / {r['last_quarter']:.4f} | "
               + "".join(f"{r['best_at'].get(m, float('nan')):.4f} | " for m in marks) + f"{r['hours']:.2f} |")
-    if len(per_search) == 2:
-        (la, ra), (lb, rb) = per_search.items()
-        diff, p = permutation_test([r["reward"] for r in ra], [r["reward"] for r in rb], seed=args.seed)
-        print(f"\nmean reward, {la} minus {lb}: {diff:+.4f}; permutation test (two-sided, 20000 splits): p = {p:.3f}")
+    if len(rows) == 2:
+        a, b = rows
+        diff, p = permutation_test([r["reward"] for r in a["records"]], [r["reward"] for r in b["records"]],
+                                   seed=args.seed)
+        print(f"\nmean reward, {a['label']} minus {b['label']}: {diff:+.4f}; "
+              f"permutation test (two-sided, 20000 splits): p = {p:.3f}")
     ref = {}
     if args.signal:
         sig = json.loads(Path(args.signal).read_text())
@@ -88,15 +89,15 @@ def main(argv=None) -> int:
                 print(f"| {label} | {ref[label]:.4f} |")
         if noise is not None:
             print(f"\nseed noise of the proxy (max - min over seeds of one architecture): {noise:.4f}")
-        for label in ("fpn",):
-            if label in ref:
-                print(" ".join(f"{r['controller']}: {sum(t['reward'] > ref[label] for t in per_search[k])}/{r['trials']} "
-                               f"trials above {label};" for r, k in zip(rows, per_search)))
+        if "fpn" in ref:
+            print(" ".join(f"{r['controller']}: {sum(t['reward'] > ref['fpn'] for t in r['records'])}/{r['trials']} "
+                           "trials above fpn;" for r in rows))
     if args.plot:
         from anytime.search.plots import plot_best_so_far
 
         refs = {name: ref[key] for name, key in (("NAS-FPN", "nasfpn"), ("FPN", "fpn")) if key in ref}
-        print(f"\nplot: {plot_best_so_far(per_search, args.plot, refs, title=f'best reward in the first {n} trials')}")
+        searches = {r["label"]: r["records"] for r in rows}
+        print(f"\nplot: {plot_best_so_far(searches, args.plot, refs, title=f'best reward in the first {n} trials')}")
     return 0
 
 

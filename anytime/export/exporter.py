@@ -35,7 +35,7 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
     cfg = model.cfg
     g = torch.Generator().manual_seed(0)
     probe = torch.randint(0, 256, (2, 3, cfg.image_size, cfg.image_size), generator=g, dtype=torch.uint8)
-    costs = {e["exit"]: e for e in exit_costs(cfg)["exits"]}
+    costs = {e["exit"]: e for e in exit_costs(cfg, every_exit=False)["exits"]}
     exported = {}
     for k in range(1, model.num_exits + 1):
         t0 = time.perf_counter()

@@ -35,14 +35,19 @@ def plot_rewards(records: list[dict], path: str | Path, title: str = "", window:
         ax.scatter(*zip(*bad), s=20, marker="x", color="red", label="failed trial")
     mean = [sum(rewards[max(0, i - window + 1): i + 1]) / len(rewards[max(0, i - window + 1): i + 1])
             for i in range(len(rewards))]
-    best, top = [], float("-inf")
-    for r, rec in zip(rewards, records):
-        if rec["status"] != "failed":
-            top = max(top, r)
-        best.append(top if top > float("-inf") else None)
     ax.plot(steps, mean, color="black", lw=1.5, label=f"running mean ({window})")
-    ax.plot(steps, best, color="tab:green", lw=1.5, drawstyle="steps-post", label="best so far")
+    ax.plot(steps, _best_so_far(records), color="tab:green", lw=1.5, drawstyle="steps-post", label="best so far")
     return _save_reward_axes(fig, ax, path, "step (sampled architecture)", title or "reward over the search")
+
+
+def _best_so_far(records: list[dict]) -> list[float | None]:
+    """The best reward up to each record (in the order given); failed trials do not count (None before any)."""
+    best, top = [], None
+    for rec in records:
+        if rec["status"] != "failed":
+            top = rec["reward"] if top is None else max(top, rec["reward"])
+        best.append(top)
+    return best
 
 
 def _save_reward_axes(fig, ax, path, xlabel: str, title: str) -> Path:
@@ -142,7 +147,6 @@ def draw_architectures(specs: list, path: str | Path, titles: list[str] | None =
     return Path(path)
 
 
-
 def plot_best_so_far(searches: dict[str, list[dict]], path: str | Path, references: dict[str, float] | None = None,
                      title: str = "") -> Path:
     """Searches side by side: each one's best reward so far by step (failed trials do not count), with
@@ -151,12 +155,7 @@ def plot_best_so_far(searches: dict[str, list[dict]], path: str | Path, referenc
     ax = fig.add_subplot()
     for k, (label, records) in enumerate(searches.items()):
         records = sorted(records, key=lambda r: r["step"])
-        best, top = [], float("-inf")
-        for rec in records:
-            if rec["status"] != "failed":
-                top = max(top, rec["reward"])
-            best.append(top if top > float("-inf") else None)
-        ax.plot([r["step"] + 1 for r in records], best, lw=2, drawstyle="steps-post", color=f"C{k}",
+        ax.plot([r["step"] + 1 for r in records], _best_so_far(records), lw=2, drawstyle="steps-post", color=f"C{k}",
                 label=f"{label}: best so far")
         ax.scatter([r["step"] + 1 for r in records], [r["reward"] for r in records], s=8, alpha=0.35, color=f"C{k}")
     for i, (label, value) in enumerate((references or {}).items()):
