@@ -1,17 +1,18 @@
-"""How should stage features travel? One request through every stage of the default model, four ways, in one run:
+"""How should stage features travel? One request to the deepest exit of the default model through its stages (every
+stage's features graph, then the deepest exit's head), four ways, in one run:
 
     .venv/bin/python benchmarks/stage_transport.py [--runs 100]
 
 1. ``monolithic``: the deepest exit's own model, one call (the reference: no stages at all);
-2. ``in Triton``: the progressive model (``anytime_progressive``): one stream, the stages chained inside the
+2. ``in Triton``: the progressive model (``anytime_progressive``): one stream, the graphs chained inside the
    python stub, features in its memory (what the gateway uses);
-3. ``gRPC``: each stage its own Triton model, the client chaining them, features sent over the wire each way;
+3. ``gRPC``: each graph its own Triton model, the client chaining them, features sent over the wire each way;
 4. ``shared memory``: the same, with every stage's input and output tensors in system shared memory regions
    registered with Triton (``tritonclient.utils.shared_memory``), so only region names cross the wire.
 
-Stage models for 3 and 4 are the very stage graphs of the progressive model, served by the generic python-backend
+The models for 3 and 4 are the very graphs of the progressive model, served by the generic python-backend
 ``model.py`` with a config derived from each graph's inputs and outputs. Prints p50/p95 per way, the ratio to
-monolithic, and what a stage costs beyond its compute in each way.
+monolithic, and what a call costs beyond its compute in each way.
 """
 
 from __future__ import annotations
@@ -43,17 +44,18 @@ def graph_io(onnx_path: Path) -> tuple[list, list]:
     return [spec(t) for t in s.get_inputs()], [spec(t) for t in s.get_outputs()]
 
 
-def write_stage_models(repo: Path, progressive_dir: Path, stages: int) -> None:
-    """Each stage graph of the progressive model as a Triton model ``stage{k}`` (generic python backend)."""
+def write_stage_models(repo: Path, progressive_dir: Path, files: list[str]) -> None:
+    """Each graph ``files[k - 1]`` of the progressive model as a Triton model ``stage{k}`` (generic python
+    backend)."""
     import shutil
 
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from anytime.export.repository import PYTHON_MODEL_TEMPLATE, stage_file
+    from anytime.export.repository import PYTHON_MODEL_TEMPLATE
 
-    for k in range(1, stages + 1):
-        src = progressive_dir / "1" / stage_file(k)
+    for k, file in enumerate(files, start=1):
+        src = progressive_dir / "1" / file
         inputs, outputs = graph_io(src)
         cfg = mc.ModelConfig(name=f"stage{k}", backend="python", max_batch_size=8)
         for name, dtype, dims in inputs:
@@ -90,7 +92,8 @@ def main() -> int:
     ensure_exported(args.repository, DEFAULT_CHECKPOINT)
     manifest = read_manifest(args.repository)
     prog = manifest["progressive"]
-    k_max = len(prog["stages"])
+    chain = [s["features"] for s in prog["stages"]] + [prog["stages"][-1]["head"]]
+    k_max = len(chain)
     deepest = manifest["exits"][-1]["model"]
     size = manifest["image_size"]
     work = Path(tempfile.mkdtemp(prefix="anytime-transport-"))
@@ -98,7 +101,7 @@ def main() -> int:
     repo.mkdir()
     for name in (deepest, prog["model"]):
         shutil.copytree(args.repository / name, repo / name)
-    write_stage_models(repo, repo / prog["model"], k_max)
+    write_stage_models(repo, repo / prog["model"], chain)
     pixels = np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)
     results = {}
 
@@ -196,9 +199,9 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
 
     mono = float(np.percentile(results["monolithic"], 50))
-    print(f"\nOne request through all {k_max} stages of the default model (exit {k_max}), {args.runs} runs each, "
-          "batch 1, one request at a time")
-    print(f"{'way':<44} {'p50 ms':>8} {'p95 ms':>8} {'p50 / monolithic':>17} {'per stage beyond monolithic':>28}")
+    print(f"\nOne request through all {k_max - 1} stages of the default model and exit {k_max - 1}'s head ({k_max} "
+          f"graphs), {args.runs} runs each, batch 1, one request at a time")
+    print(f"{'way':<44} {'p50 ms':>8} {'p95 ms':>8} {'p50 / monolithic':>17} {'per call beyond monolithic':>28}")
     for name, ms in results.items():
         p50, p95 = np.percentile(ms, 50), np.percentile(ms, 95)
         per_stage = (p50 - mono) / (k_max - 1) if name != "monolithic" else 0.0

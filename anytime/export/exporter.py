@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from anytime.export.onnx import INPUT_NAME, OUTPUT_NAMES, export_exit, export_stage, served_graph
+from anytime.export.onnx import INPUT_NAME, OUTPUT_NAMES, export_exit, export_features, export_head, served_graph
 from anytime.export.repository import (PROGRESSIVE_MODEL, ProgressiveModelConfig, model_name, read_manifest,
-                                       sha256_file, stage_file, write_manifest, write_model_dir,
+                                       sha256_file, features_file, head_file, write_manifest, write_model_dir,
                                        write_progressive_dir)
-from anytime.export.verify import Mismatch, verify_graph, verify_stage
+from anytime.export.verify import Mismatch, verify_features, verify_graph, verify_head
 
 MODEL_PREFIX = model_name(0)[:-1]  # "anytime_exit"
 MANIFEST_FORMAT = 1
@@ -48,7 +48,7 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
         exported[k] = data = served_graph(data)
         progress(f"exit {k}: exported {len(data) / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s"
                  + (" (matches PyTorch)" if verify else ""))
-    stage_graphs = _export_stages(model, probe, verify, progress) if stages else []
+    features, heads = _export_stages(model, probe, verify, progress) if stages else ([], [])
 
     old = read_manifest(out) if (out / "manifest.json").exists() else None
     out.mkdir(parents=True, exist_ok=True)
@@ -59,13 +59,14 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
         exits.append({"exit": k, "model": model_name(k), "sha256": hashlib.sha256(data).hexdigest(),
                       "params": costs[k]["params"], "gmacs": costs[k]["gmacs"]})
     progressive = None
-    if stage_graphs:
+    if features:
         write_progressive_dir(out, ProgressiveModelConfig(
             name=PROGRESSIVE_MODEL, image_size=cfg.image_size, max_detections=cfg.detections_per_img,
-            num_stages=len(stage_graphs), levels=tuple(model.levels), max_stage_batch=max_stage_batch), stage_graphs)
+            num_stages=len(features), levels=tuple(model.levels), max_stage_batch=max_stage_batch), features, heads)
         progressive = {"model": PROGRESSIVE_MODEL, "max_stage_batch": max_stage_batch, "levels": list(model.levels),
-                       "stages": [{"stage": k, "file": stage_file(k), "sha256": hashlib.sha256(g).hexdigest()}
-                                  for k, g in enumerate(stage_graphs, start=1)]}
+                       "stages": [{"stage": k, "features": features_file(k), "head": head_file(k),
+                                   "sha256": [hashlib.sha256(f).hexdigest(), hashlib.sha256(h).hexdigest()]}
+                                  for k, (f, h) in enumerate(zip(features, heads), start=1)]}
     elif (out / PROGRESSIVE_MODEL).exists():  # it would serve another model's stages
         shutil.rmtree(out / PROGRESSIVE_MODEL)
     # Exits that an older, deeper export left behind would be served by mistake: remove them.
@@ -98,21 +99,24 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
     return manifest
 
 
-def _export_stages(model, probe: torch.Tensor, verify: bool, progress) -> list[bytes]:
-    """Every stage graph, each checked against PyTorch on the previous stage's PyTorch features."""
-    graphs, inputs = [], (probe,)
+def _export_stages(model, probe: torch.Tensor, verify: bool, progress) -> tuple[list[bytes], list[bytes]]:
+    """Every stage's features graph and head graph, each checked against PyTorch on the previous stage's PyTorch
+    features (so that an error shows where it starts rather than accumulating down the chain)."""
+    features, heads, inputs = [], [], (probe,)
     for k in range(1, model.num_exits + 1):
         t0 = time.perf_counter()
-        data = export_stage(model, k, with_candidates=verify)
+        feats, head = export_features(model, k), export_head(model, k, with_candidates=verify)
         if verify:
             try:
-                inputs = verify_stage(model, k, data, inputs)
+                inputs = verify_features(model, k, feats, inputs)
+                verify_head(model, k, head, inputs)
             except Mismatch as e:
                 raise RuntimeError(f"stage {k}: the ONNX model does not reproduce PyTorch: {e}") from None
-        graphs.append(data := served_graph(data))
-        progress(f"stage {k}: exported {len(data) / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s"
-                 + (" (matches PyTorch)" if verify else ""))
-    return graphs
+        features.append(feats)
+        heads.append(head := served_graph(head))
+        progress(f"stage {k}: exported {(len(feats) + len(head)) / 1e6:.1f} MB (features and head) in "
+                 f"{time.perf_counter() - t0:.1f} s" + (" (matches PyTorch)" if verify else ""))
+    return features, heads
 
 
 def _same_models(old: dict | None, exits: list[dict]) -> bool:
@@ -132,7 +136,8 @@ def ensure_exported(repository: str | Path, checkpoint: str | Path, replace_stal
     repository = Path(repository)
     if (repository / "manifest.json").exists():
         held = read_manifest(repository)
-        has_stages = bool(held.get("progressive")) or not stages
+        # an export from before stages were split into features and heads counts as having none
+        has_stages = "head" in ((held.get("progressive") or {}).get("stages") or [{}])[0] or not stages
         if has_stages and (not replace_stale or held.get("checkpoint_sha256") == sha256_file(checkpoint)):
             return repository
     progress(f"exporting {checkpoint} into {repository}/")

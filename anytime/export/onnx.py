@@ -1,5 +1,6 @@
-"""The detector as ONNX graphs: one per exit (uint8 pixels in, padded detections out), and one per stage of
-progressive execution (stage 1: pixels in; stage k: pyramid k-1's features in; detections and features out).
+"""The detector as ONNX graphs: one per exit (uint8 pixels in, padded detections out), and two per stage of
+progressive execution: its features (stage 1: pixels in; stage k: pyramid k-1's features in; pyramid k's out) and
+its head (pyramid k's features in, exit k's detections out).
 
 Input normalisation, box decoding and NMS are inside the graphs, so a server needs nothing but an ONNX
 runtime. The batch axis is dynamic.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from anytime.model.retinanet import AnytimeRetinaNet, ExitModel, StageModel
+from anytime.model.retinanet import AnytimeRetinaNet, ExitModel, FeaturesModel, HeadModel
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
@@ -26,11 +27,15 @@ def feature_names(levels, suffix: str = "") -> tuple[str, ...]:
     return tuple(f"p{level}{suffix}" for level in levels)
 
 
-def stage_io(model: AnytimeRetinaNet, stage: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(input names, output names) of a stage graph."""
+def features_io(model: AnytimeRetinaNet, stage: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(input names, output names) of a stage's features graph."""
     inputs = (INPUT_NAME,) if stage == 1 else feature_names(model.levels)
-    outputs = OUTPUT_NAMES + (() if stage == model.num_exits else feature_names(model.levels, "_out"))
-    return inputs, outputs
+    return inputs, feature_names(model.levels, "_out")
+
+
+def head_io(model: AnytimeRetinaNet) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(input names, output names) of a head graph (every exit's is alike)."""
+    return feature_names(model.levels), OUTPUT_NAMES
 
 
 def export_exit(model: AnytimeRetinaNet, exit: int, path: str | Path | None = None,
@@ -47,19 +52,30 @@ def export_exit(model: AnytimeRetinaNet, exit: int, path: str | Path | None = No
                    OUTPUT_NAMES + (CANDIDATE_NAMES if with_candidates else ()), path)
 
 
-def export_stage(model: AnytimeRetinaNet, stage: int, path: str | Path | None = None,
-                 with_candidates: bool = False) -> bytes:
-    """Export stage ``stage`` of progressive execution (see ``StageModel``) and return the ONNX bytes."""
+def export_features(model: AnytimeRetinaNet, stage: int, path: str | Path | None = None) -> bytes:
+    """Export stage ``stage``'s features graph (see ``FeaturesModel``) and return the ONNX bytes."""
+    inputs, outputs = features_io(model, stage)
+    return _export(FeaturesModel(model, stage), _stage_example(model, stage), inputs, outputs, path)
+
+
+def export_head(model: AnytimeRetinaNet, exit: int, path: str | Path | None = None,
+                with_candidates: bool = False) -> bytes:
+    """Export exit ``exit``'s head graph (see ``HeadModel``) and return the ONNX bytes."""
+    inputs, outputs = head_io(model)
+    return _export(HeadModel(model, exit, with_candidates), _stage_example(model, 2, after_pyramid=True), inputs,
+                   outputs + (CANDIDATE_NAMES if with_candidates else ()), path)
+
+
+def _stage_example(model: AnytimeRetinaNet, stage: int, after_pyramid: bool = False) -> tuple:
+    """Example inputs of a stage graph, batch 2: images for stage 1, features (per level) after it; with
+    ``after_pyramid``, a pyramid network's outputs (a head's inputs)."""
     size = model.cfg.image_size
     images = torch.zeros(2, 3, size, size, dtype=torch.uint8)
     if stage == 1:
-        example = (images,)
-    else:
-        with torch.no_grad():
-            example = tuple(model.stem(images))  # the features' shapes, per level
-    inputs, outputs = stage_io(model, stage)
-    return _export(StageModel(model, stage, with_candidates), example, inputs,
-                   outputs + (CANDIDATE_NAMES if with_candidates else ()), path)
+        return (images,)
+    with torch.no_grad():
+        feats = model.stem(images)  # the features' shapes, per level
+        return tuple(model.pyramid(1, feats) if after_pyramid else feats)
 
 
 def _export(module: torch.nn.Module, example: tuple, inputs: tuple[str, ...], outputs: tuple[str, ...],

@@ -7,7 +7,8 @@ Layout::
     <repo>/anytime_exit{k}/1/model.onnx
     <repo>/anytime_exit{k}/1/model.py                (python backend only: the ONNX Runtime runner)
     <repo>/anytime_progressive/config.pbtxt          the stages of progressive execution, in one decoupled model
-    <repo>/anytime_progressive/1/stage{k}.onnx
+    <repo>/anytime_progressive/1/features{k}.onnx    stage k's pyramid features (stage 1: from the pixels)
+    <repo>/anytime_progressive/1/head{k}.onnx        exit k's head and NMS, on stage k's features
     <repo>/anytime_progressive/1/model.py
 
 Everything is written atomically: files go to a hidden temporary name inside the repository (Triton skips
@@ -166,8 +167,9 @@ def write_model_dir(
 
 @dataclass(frozen=True)
 class ProgressiveModelConfig:
-    """``config.pbtxt`` of the progressive model: a decoupled python model that runs the stage graphs in turn
-    and sends each exit's detections as its own response (``anytime.export.triton_progressive_model``)."""
+    """``config.pbtxt`` of the progressive model: a decoupled python model that runs the stages' features graphs
+    in turn, the head graph of each exit a request wants, and sends each exit's detections as its own response
+    (``anytime.export.triton_progressive_model``)."""
 
     name: str
     image_size: int
@@ -187,13 +189,16 @@ class ProgressiveModelConfig:
         cfg.input.add(name=INPUT_NAME, data_type=mc.TYPE_UINT8, dims=[1, 3, s, s])
         cfg.input.add(name="budget_ms", data_type=mc.TYPE_FP64, dims=[1])  # what is left of the budget, at send
         cfg.input.add(name="exits", data_type=mc.TYPE_INT32, dims=[2])  # shallowest and deepest exit allowed
+        # 1: every exit on the way (a stream of refinements); 0 or absent: only the answer's head runs
+        cfg.input.add(name="every_exit", data_type=mc.TYPE_INT32, dims=[1], optional=True)
         for name, dtype, dims in OUTPUTS:  # one image per request: its batch axis is the leading 1
             cfg.output.add(name=name, data_type=mc.DataType.Value(dtype), dims=[1, *dims(d)])
         cfg.output.add(name="exit", data_type=mc.TYPE_INT32, dims=[1])  # 0: the end marker of a stopped request
         cfg.output.add(name="final", data_type=mc.TYPE_INT32, dims=[1])  # 1 on a request's last response
         kind = mc.ModelInstanceGroup.KIND_GPU if self.kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
         cfg.instance_group.add(count=1, kind=kind)
-        params = {"stages": ",".join(stage_file(k) for k in range(1, self.num_stages + 1)),
+        stages = range(1, self.num_stages + 1)
+        params = {"features": ",".join(map(features_file, stages)), "heads": ",".join(map(head_file, stages)),
                   "levels": ",".join(map(str, self.levels)), "max_stage_batch": str(self.max_stage_batch)}
         if self.intra_op_threads is not None:
             params["intra_op_thread_count"] = str(self.intra_op_threads)
@@ -207,16 +212,23 @@ class ProgressiveModelConfig:
         return text_format.MessageToString(self.message())
 
 
-def stage_file(stage: int) -> str:
-    return f"stage{stage}.onnx"
+def features_file(stage: int) -> str:
+    return f"features{stage}.onnx"
 
 
-def write_progressive_dir(repo: str | Path, config: ProgressiveModelConfig, stages: list[bytes],
-                          version: int = 1) -> Path:
-    """Write (or replace) the progressive model: its config, model.py and one ONNX file per stage."""
-    if len(stages) != config.num_stages:
-        raise ValueError(f"{config.num_stages} stages configured, {len(stages)} graphs given")
-    files = {stage_file(k): data for k, data in enumerate(stages, start=1)}
+def head_file(exit: int) -> str:
+    return f"head{exit}.onnx"
+
+
+def write_progressive_dir(repo: str | Path, config: ProgressiveModelConfig, features: list[bytes],
+                          heads: list[bytes], version: int = 1) -> Path:
+    """Write (or replace) the progressive model: its config, model.py and two ONNX files per stage (its
+    features, its exit's head)."""
+    if not len(features) == len(heads) == config.num_stages:
+        raise ValueError(f"{config.num_stages} stages configured, {len(features)} features and {len(heads)} head "
+                         "graphs given")
+    files = {features_file(k): data for k, data in enumerate(features, start=1)}
+    files.update({head_file(k): data for k, data in enumerate(heads, start=1)})
     files["model.py"] = PROGRESSIVE_MODEL_TEMPLATE
     return _write_model(repo, config.name, version, config.to_pbtxt(), files)
 

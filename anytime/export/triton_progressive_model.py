@@ -1,20 +1,22 @@
 """Triton python-backend model for progressive execution: the exported stages in one decoupled model.
 
-Copied as ``model.py`` into ``anytime_progressive/1/`` beside ``stage1.onnx`` .. ``stageK.onnx``. Each request is
-one image with what is left of its budget and its allowed exits; each exit's detections go back as their own
-response the moment the stage that computes them ends. Every response carries ``exit`` and ``final`` (1 on the
+Copied as ``model.py`` into ``anytime_progressive/1/`` beside ``features1.onnx`` .. ``featuresK.onnx`` and
+``head1.onnx`` .. ``headK.onnx``. Each request is one image with what is left of its budget, its allowed exits and
+whether it wants every exit on the way (``every_exit``, a stream) or only its answer (then only the answer's head
+runs); each exit's detections go back as their own response the moment its head ends. Every response carries ``exit`` and ``final`` (1 on the
 request's last one; a request stopped before its deepest allowed exit ends with ``exit`` 0, ``final`` 1), so a
 client knows the stream is over without Triton's reserved empty-final-response parameter. Between stages a request's
 features stay here, in this process's memory: they never cross the wire (measured against passing them through
 Triton's shared memory, see the README), and one copy of each stage's weights serves every request.
 
 A worker thread runs the stages; ``anytime.serving.progressive.StageEngine`` (pure logic, tested on a simulated
-clock) decides which stage runs next, for which requests together, and which requests stop. It imports numpy
-only, never torch. Config parameters: ``stages`` (the files, in order), ``levels`` (pyramid levels of the
-features), ``max_stage_batch``, ``intra_op_thread_count``, ``planning_quantile``, ``margin_ms``.
+clock) decides which step (a stage's features or an exit's head) runs next, for which requests together, and which
+requests stop. It imports numpy only, never torch. Config parameters: ``features`` and ``heads`` (the files, in
+order), ``levels`` (pyramid levels of the features), ``max_stage_batch``, ``intra_op_thread_count``,
+``planning_quantile``, ``margin_ms``.
 
-Custom metrics on Triton's /metrics: ``anytime_stage_runs`` and ``anytime_stage_images`` per stage,
-``anytime_progressive_requests`` per outcome (done, failed, cancelled).
+Custom metrics on Triton's /metrics: ``anytime_stage_runs`` and ``anytime_stage_images`` per stage and part
+(features, head), ``anytime_progressive_requests`` per outcome (done, failed, cancelled).
 """
 
 import json
@@ -27,7 +29,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from anytime.serving.latency import LatencyProfile
-from anytime.serving.progressive import Job, StageEngine
+from anytime.serving.progressive import FEATURES, HEAD, Job, StageEngine, Step, step_key
 
 DETECTIONS = ("boxes", "scores", "labels", "num_detections")
 DTYPES = {"boxes": np.float32, "scores": np.float32, "labels": np.int64, "num_detections": np.int64}
@@ -39,7 +41,7 @@ class _Request:
 
     def __init__(self, request, sender, inputs):
         self.request, self.sender = request, sender
-        self.inputs = inputs  # the arrays of the next stage's inputs, one row each
+        self.inputs = inputs  # the arrays of the latest features (the image before stage 1), one row each
 
     def cancelled(self):
         try:
@@ -54,9 +56,12 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.name = config.get("name", "anytime_progressive")
         version_dir = os.path.join(args["model_repository"], args["model_version"])
-        files = [f for f in params.get("stages", "").split(",") if f]
-        if not files:
-            raise pb_utils.TritonModelException(f"{self.name}: parameter 'stages' names no stage files")
+        files = {part: [f for f in params.get(key, "").split(",") if f] for part, key in
+                 ((FEATURES, "features"), (HEAD, "heads"))}
+        if not files[FEATURES] or len(files[FEATURES]) != len(files[HEAD]):
+            raise pb_utils.TritonModelException(f"{self.name}: parameters 'features' and 'heads' must name one file "
+                                                f"per stage each, got {files}")
+        self.num_stages = len(files[FEATURES])
         levels = [int(x) for x in params.get("levels", "3,4,5,6,7").split(",")]
         self.features_in = [f"p{lv}" for lv in levels]
         self.features_out = [f"p{lv}_out" for lv in levels]
@@ -65,15 +70,16 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_thread_count") or 0)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.sessions = [ort.InferenceSession(os.path.join(version_dir, f), sess_options=options,
-                                              providers=["CPUExecutionProvider"]) for f in files]
+        self.sessions = {Step(part, k): ort.InferenceSession(os.path.join(version_dir, f), sess_options=options,
+                                                              providers=["CPUExecutionProvider"])
+                         for part, names in files.items() for k, f in enumerate(names, start=1)}
         image = pb_utils.get_input_config_by_name(config, "images")
         self.image_shape = tuple(int(d) for d in image["dims"])[1:]
 
         prior = self._calibrate()
         quantile = float(params.get("planning_quantile") or 0.95)
-        self.engine = StageEngine(LatencyProfile(prior, quantile=quantile, cumulative=False), len(files), self.max_batch,
-                                  margin_s=float(params.get("margin_ms") or 1.0) / 1000)
+        self.engine = StageEngine(LatencyProfile(prior, quantile=quantile, cumulative=False), self.num_stages,
+                                  self.max_batch, margin_s=float(params.get("margin_ms") or 1.0) / 1000)
         self.lock = threading.Condition()
         self.stopping = False
 
@@ -82,35 +88,41 @@ class TritonPythonModel:
             ("anytime_stage_runs", "Stage calls, by stage"), ("anytime_stage_images", "Images through each stage"),
             ("anytime_progressive_requests", "Requests by outcome"))]
         runs, images, outcomes = self.families
-        self.m_runs = {s: runs.Metric(labels={"stage": str(s)}) for s in range(1, len(files) + 1)}
-        self.m_images = {s: images.Metric(labels={"stage": str(s)}) for s in range(1, len(files) + 1)}
+        self.m_runs = {s: runs.Metric(labels={"stage": str(s.level), "part": s.kind}) for s in self.sessions}
+        self.m_images = {s: images.Metric(labels={"stage": str(s.level), "part": s.kind}) for s in self.sessions}
         self.m_outcome = {o: outcomes.Metric(labels={"outcome": o}) for o in ("done", "failed", "cancelled")}
         self.worker = threading.Thread(target=self._loop, name="anytime-stages", daemon=True)
         self.worker.start()
 
     # -- start-up: what each stage costs here, at each batch size --------------------------------------------
     def _calibrate(self, runs=3, slow_s=0.5):
-        """Mean seconds per call of every stage at batch 1, 2, 4, .. max_stage_batch (larger sizes skipped once
-        a call takes over ``slow_s``): the engine's prior, which it then corrects online."""
+        """Mean seconds per call of every step at batch 1, 2, 4, .. max_stage_batch (larger sizes skipped once
+        a call takes over ``slow_s``): the engine's prior (keyed as the engine keys steps), which it then
+        corrects online."""
         prior = {}
         sizes = [b for b in (1, 2, 4, 8, 16, 32) if b <= self.max_batch]
         rng = np.random.default_rng(0)
         for batch in sizes:
             feed = {"images": rng.integers(0, 256, (batch, *self.image_shape), dtype=np.uint8)}
-            for stage, session in enumerate(self.sessions, start=1):
-                names = [o.name for o in session.get_outputs()]
-                session.run(None, feed)  # warm-up
-                samples = []
-                for _ in range(runs if batch > 1 else runs + 2):
-                    t0 = time.perf_counter()
-                    out = session.run(None, feed)
-                    samples.append((time.perf_counter() - t0) * 1e3)
-                prior.setdefault(stage, {})[batch] = {"samples_ms": samples}
-                feed = {i: o for i, o in zip(self.features_in, (dict(zip(names, out))[n] for n in self.features_out))} \
-                    if stage < len(self.sessions) else None
-            if max(max(s["samples_ms"]) for s in (prior[k][batch] for k in prior)) > slow_s * 1e3:
+            for k in range(1, self.num_stages + 1):
+                features = self._time(Step(FEATURES, k), feed, batch, runs, prior)
+                feed = dict(zip(self.features_in, features))
+                self._time(Step(HEAD, k), feed, batch, runs, prior)
+            if max(max(s[batch]["samples_ms"]) for s in prior.values()) > slow_s * 1e3:
                 break
         return prior
+
+    def _time(self, step, feed, batch, runs, prior):
+        """Time ``runs`` calls of ``step`` on ``feed`` into ``prior``; returns the outputs."""
+        session = self.sessions[step]
+        out = session.run(None, feed)  # warm-up
+        samples = []
+        for _ in range(runs if batch > 1 else runs + 2):
+            t0 = time.perf_counter()
+            out = session.run(None, feed)
+            samples.append((time.perf_counter() - t0) * 1e3)
+        prior.setdefault(step_key(step, self.num_stages), {})[batch] = {"samples_ms": samples}
+        return out
 
     # -- requests in ----------------------------------------------------------------------------------------
     def execute(self, requests):
@@ -121,6 +133,8 @@ class TritonPythonModel:
                 images = pb_utils.get_input_tensor_by_name(request, "images").as_numpy()
                 budget_ms = float(pb_utils.get_input_tensor_by_name(request, "budget_ms").as_numpy().reshape(-1)[0])
                 lo, hi = (int(x) for x in pb_utils.get_input_tensor_by_name(request, "exits").as_numpy().reshape(-1))
+                every = pb_utils.get_input_tensor_by_name(request, "every_exit")
+                every_exit = every is not None and bool(every.as_numpy().reshape(-1)[0])
                 if images.dtype != np.uint8 or tuple(images.shape) != (1, *self.image_shape):
                     raise ValueError(f"images must be uint8 [1, {', '.join(map(str, self.image_shape))}], "
                                      f"got {images.dtype} {list(images.shape)}")
@@ -129,8 +143,8 @@ class TritonPythonModel:
             except Exception as e:
                 sender.send(_error(f"{self.name}: {e}"), flags=FINAL)
                 continue
-            job = Job(deadline=now + budget_ms / 1000, arrival=now, max_exit=hi or len(self.sessions),
-                      min_exit=max(lo, 1), payload=_Request(request, sender, [images]))
+            job = Job(deadline=now + budget_ms / 1000, arrival=now, max_exit=hi or self.num_stages,
+                      min_exit=max(lo, 1), every_exit=every_exit, payload=_Request(request, sender, [images]))
             with self.lock:
                 accepted = self.engine.add(job, now)
                 self.lock.notify()
@@ -161,21 +175,21 @@ class TritonPythonModel:
                         break
                     if not plan.jobs:
                         self.lock.wait(timeout=0.05 if self.engine.waiting else None)
-            self._run(plan.stage, live)
+            self._run(plan.step, live)
 
-    def _run(self, stage, jobs):
+    def _run(self, step, jobs):
         try:
-            self._run_stage(stage, jobs)
+            self._run_step(step, jobs)
         except Exception as e:  # never let the worker die: fail these requests and go on
             with self.lock:
                 self.engine.failed(jobs)
             for job in jobs:
                 if job.state == "failed":
-                    self._settle(job, "failed", f"stage {stage}: {type(e).__name__}: {e}")
+                    self._settle(job, "failed", f"{step.kind} {step.level}: {type(e).__name__}: {e}")
 
-    def _run_stage(self, stage, jobs):
-        session = self.sessions[stage - 1]
-        names_in = ["images"] if stage == 1 else self.features_in
+    def _run_step(self, step, jobs):
+        session = self.sessions[step]
+        names_in = ["images"] if step == Step(FEATURES, 1) else self.features_in
         feed = {n: (jobs[0].payload.inputs[i] if len(jobs) == 1
                     else np.concatenate([j.payload.inputs[i] for j in jobs])) for i, n in enumerate(names_in)}
         t0 = time.monotonic()
@@ -184,18 +198,19 @@ class TritonPythonModel:
         except Exception as e:  # a failed call fails its requests, never the model
             raise RuntimeError(f"onnxruntime failed: {e}") from None
         seconds = time.monotonic() - t0
-        self.m_runs[stage].increment(1)
-        self.m_images[stage].increment(len(jobs))
+        self.m_runs[step].increment(1)
+        self.m_images[step].increment(len(jobs))
         with self.lock:  # first what comes next for each request, so that a last response says it is the last
-            done = {job.id for job in self.engine.ran(stage, jobs, seconds, time.monotonic())}
+            ended = {job.id for job in self.engine.ran(step, jobs, seconds, time.monotonic())}
         for i, job in enumerate(jobs):
             if job.state == "cancelled":
                 continue
-            if job.id not in done:  # the next stage's input: this stage's features, this request's row
+            if step.kind == FEATURES:  # the input of what comes next: these features, this request's row
                 job.payload.inputs = [out[n][i:i + 1] for n in self.features_out]
-            final = job.id in done
+                continue
+            final = job.id in ended
             tensors = [pb_utils.Tensor(n, np.ascontiguousarray(out[n][i:i + 1], dtype=DTYPES[n])) for n in DETECTIONS]
-            tensors.append(pb_utils.Tensor("exit", np.array([stage], np.int32)))
+            tensors.append(pb_utils.Tensor("exit", np.array([step.level], np.int32)))
             tensors.append(pb_utils.Tensor("final", np.array([int(final)], np.int32)))
             try:
                 job.payload.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=FINAL if final else 0)
@@ -228,7 +243,7 @@ class TritonPythonModel:
             self.stopping = True
             self.lock.notify_all()
         self.worker.join(timeout=5)
-        self.sessions = []
+        self.sessions = {}
 
 
 def _error(message):

@@ -175,21 +175,42 @@ def verify_graph(model, exit: int, onnx_bytes: bytes, images, tol: Tolerance = T
     _verify(onnx_bytes, {INPUT_NAME: images.numpy()}, dict(zip(OUTPUT_NAMES + CANDIDATE_NAMES, ref)), model.cfg, tol)
 
 
-def verify_stage(model, stage: int, onnx_bytes: bytes, inputs: tuple, tol: Tolerance = Tolerance()) -> tuple:
-    """Check stage ``stage``'s graph (exported with candidates) against PyTorch on ``inputs`` (images for stage
-    1, the previous stage's PyTorch features after that): detections as for an exit, features within the
-    tolerance. Returns PyTorch's output features, the inputs to check the next stage with."""
+def verify_features(model, stage: int, onnx_bytes: bytes, inputs: tuple, tol: Tolerance = Tolerance()) -> tuple:
+    """Check stage ``stage``'s features graph against PyTorch on ``inputs`` (images for stage 1, the previous
+    stage's PyTorch features after that): every level within the tolerance. Returns PyTorch's features, the
+    inputs to check the next stage and this stage's head with."""
+    import onnxruntime as ort
     import torch
 
-    from anytime.export.onnx import CANDIDATE_NAMES, stage_io
-    from anytime.model.retinanet import StageModel
+    from anytime.export.onnx import features_io
+    from anytime.model.retinanet import FeaturesModel
 
-    names_in, names_out = stage_io(model, stage)
+    names_in, names_out = features_io(model, stage)
     with torch.no_grad():
-        ref = StageModel(model, stage, with_candidates=True).eval()(*inputs)
-    ref_np = dict(zip(names_out + CANDIDATE_NAMES, [t.numpy() for t in ref]))
-    _verify(onnx_bytes, {n: x.numpy() for n, x in zip(names_in, inputs)}, ref_np, model.cfg, tol)
-    return tuple(ref[4:4 + len(names_out) - 4])
+        ref = FeaturesModel(model, stage).eval()(*inputs)
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in session.get_outputs()],
+                   session.run(None, {n: x.numpy() for n, x in zip(names_in, inputs)})))
+    if sorted(got) != sorted(names_out):
+        raise Mismatch(f"the graph's outputs {sorted(got)} are not the stage's {sorted(names_out)}")
+    for name, r in zip(names_out, ref):
+        check_features(name, got[name], r.numpy(), tol)
+    return tuple(ref)
+
+
+def verify_head(model, exit: int, onnx_bytes: bytes, feats: tuple, tol: Tolerance = Tolerance()) -> None:
+    """Check exit ``exit``'s head graph (exported with candidates) against PyTorch on pyramid ``exit``'s
+    PyTorch features: candidates within the tolerance, detections a valid NMS of them, as for an exit."""
+    import torch
+
+    from anytime.export.onnx import CANDIDATE_NAMES, OUTPUT_NAMES, head_io
+    from anytime.model.retinanet import HeadModel
+
+    names_in, _ = head_io(model)
+    with torch.no_grad():
+        ref = HeadModel(model, exit, with_candidates=True).eval()(*feats)
+    _verify(onnx_bytes, {n: x.numpy() for n, x in zip(names_in, feats)},
+            dict(zip(OUTPUT_NAMES + CANDIDATE_NAMES, [t.numpy() for t in ref])), model.cfg, tol)
 
 
 def _verify(onnx_bytes: bytes, feed: dict, ref: dict, cfg, tol: Tolerance) -> None:
@@ -204,6 +225,3 @@ def _verify(onnx_bytes: bytes, feed: dict, ref: dict, cfg, tol: Tolerance) -> No
                      cfg.image_size, tol)
     detections = dict(boxes=got["boxes"], scores=got["scores"], labels=got["labels"], count=got["num_detections"])
     check_nms(detections, ref["candidate_scores"], ref["candidate_boxes"], NmsSettings.of(cfg), tol)
-    for name in got:
-        if name.endswith("_out"):
-            check_features(name, got[name], ref[name], tol)

@@ -142,30 +142,44 @@ class AnytimeRetinaNet(nn.Module):
         return result
 
 
-class StageModel(nn.Module):
-    """Stage ``k`` of progressive execution: what exit ``k`` adds to exit ``k - 1``.
+class FeaturesModel(nn.Module):
+    """Stage ``k``'s features: what exit ``k`` adds to exit ``k - 1`` before its head.
 
-    Stage 1 takes images and runs the backbone, pyramid network 1 and head 1; stage k > 1 takes pyramid k-1's
-    features and runs pyramid k and head k. Each returns its exit's padded detections (boxes, scores, labels,
-    count) and, unless it is the last stage, its features (one tensor per level) for the next stage; with
-    ``with_candidates``, also every anchor's scores and boxes (verification only). Running stages 1..k in turn
-    computes exactly exit k, and every exit on the way comes out as it is reached.
+    Stage 1 takes images and runs the backbone, the input projection and pyramid network 1; stage k > 1 takes
+    pyramid k-1's features and runs pyramid network k. Returns the features, one tensor per level.
+
+    Progressive execution runs a stage's head (``HeadModel``) separately, and only when the exit is wanted: a
+    RetinaNet head runs on all five levels and costs about three of the default model's pyramid networks, so a
+    request that goes on to a deeper exit would waste it (``anytime info``'s "every exit on the way" column).
     """
 
-    def __init__(self, model: AnytimeRetinaNet, stage: int, with_candidates: bool = False):
+    def __init__(self, model: AnytimeRetinaNet, stage: int):
         super().__init__()
         model._check_exit(stage)
-        self.model, self.stage, self.with_candidates = model, stage, with_candidates
-        self.last = stage == model.num_exits
+        self.model, self.stage = model, stage
 
     def forward(self, *inputs: torch.Tensor):
         m = self.model
         feats = m.stem(inputs[0]) if self.stage == 1 else list(inputs)
-        feats = m.pyramid(self.stage, feats)
-        logits, deltas = m.head_outputs(self.stage, feats)
-        out = (*m._post(logits, deltas), *([] if self.last else feats))
+        return tuple(m.pyramid(self.stage, feats))
+
+
+class HeadModel(nn.Module):
+    """Exit ``k``'s head on pyramid ``k``'s features: padded detections (boxes, scores, labels, count), and with
+    ``with_candidates`` every anchor's scores and boxes (verification only). ``FeaturesModel`` 1..k and then
+    ``HeadModel`` k compute exactly exit k."""
+
+    def __init__(self, model: AnytimeRetinaNet, exit: int, with_candidates: bool = False):
+        super().__init__()
+        model._check_exit(exit)
+        self.model, self.exit, self.with_candidates = model, exit, with_candidates
+
+    def forward(self, *feats: torch.Tensor):
+        m = self.model
+        logits, deltas = m.head_outputs(self.exit, list(feats))
+        out = tuple(m._post(logits, deltas))
         if self.with_candidates:
-            out += candidates(logits, deltas, m.anchors, m.cfg.image_size)
+            out += tuple(candidates(logits, deltas, m.anchors, m.cfg.image_size))
         return out
 
 

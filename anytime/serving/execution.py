@@ -212,6 +212,7 @@ class ProgressiveExecution(Execution):
         self.max_stage_batch = int(progressive.get("max_stage_batch", 1))
         self.parallelism = 1.0  # first stages served at once, in effect, thanks to stage batching (measured)
         self.outstanding = {address: 0 for address in self.config.endpoints}
+        self.transport = {address: 0.0 for address in self.config.endpoints}  # seconds, see _round_trip
 
     def scheduler_config(self) -> SchedulerConfig:
         """Admission only: a request's reservation is its work until its first useful exit, drained by the
@@ -221,16 +222,18 @@ class ProgressiveExecution(Execution):
         return replace(self.config.scheduler, slots_per_endpoint=self.parallelism)
 
     async def calibrate(self, address: str, client) -> LatencyProfile:
-        """Time to each exit through the progressive model, one request at a time (one request gives every exit's
-        time); then how many first stages it serves at once when a batch of them arrives together."""
+        """Time to each exit through the progressive model, one request at a time (a request that wants exit k
+        only, as a unary request is run); then how many first exits it serves at once when a batch of them
+        arrives together."""
         g, c = self.gateway, self.config
         pixels = np.zeros((1, 3, g.image_size, g.image_size), np.uint8)
         samples: dict[int, list[float]] = {e: [] for e in g.exits}
 
-        async def one():
-            t0 = time.perf_counter()
-            async for exit, _ in self._stream(client, pixels, 60_000.0, (1, 0)):
-                samples[exit].append((time.perf_counter() - t0) * 1e3)
+        async def one():  # a request for exit k runs k stages' features and one head: what Detect runs
+            for e in g.exits:
+                t0 = time.perf_counter()
+                async for _ in self._stream(client, pixels, 60_000.0, (e, e)):
+                    samples[e].append((time.perf_counter() - t0) * 1e3)
         for _ in range(3):  # warm-up
             await one()
         for e in samples:
@@ -246,18 +249,41 @@ class ProgressiveExecution(Execution):
         await asyncio.gather(*(first_exit_only() for _ in range(2 * batch)))
         throughput = 2 * batch / (time.perf_counter() - t0)
         self.parallelism = max(1.0, throughput * first)
+        self.transport[address] = await self._round_trip(client, pixels)
         self.priors[address] = "calibrated"
-        log.info("endpoint %s: progressive, %s; stage batching serves about %.1f first stages at once", address,
-                 ", ".join(f"exit {e} p50 {np.percentile(s, 50):.1f} ms" for e, s in samples.items()), self.parallelism)
+        log.info("endpoint %s: progressive, %s; stage batching serves about %.1f first stages at once; a request's "
+                 "round trip without compute takes %.1f ms", address,
+                 ", ".join(f"exit {e} p50 {np.percentile(s, 50):.1f} ms" for e, s in samples.items()), self.parallelism,
+                 self.transport[address] * 1e3)
         return LatencyProfile.from_samples(samples, quantile=c.scheduler.quantile)
 
-    async def _stream(self, client, pixels: np.ndarray, budget_ms: float, exits: tuple[int, int]):
-        """Yield (exit, outputs) as the progressive model sends them; ends after its final response."""
+    async def _round_trip(self, client, pixels: np.ndarray, runs: int = 7) -> float:
+        """Seconds from sending a request to the progressive model to its answer, without any compute: the model
+        refuses a budget of a microsecond at once. The model counts a budget from when the request reaches it
+        and plans its answer to leave by the end of it, so the gateway gives it the budget less this trip."""
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            try:
+                async for _ in self._stream(client, pixels, 1e-3, (1, 1)):
+                    pass
+            except InferenceServerException:
+                pass
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    async def _stream(self, client, pixels: np.ndarray, budget_ms: float, exits: tuple[int, int],
+                      every_exit: bool = False):
+        """Yield (exit, outputs) as the progressive model sends them; ends after its final response. Without
+        ``every_exit`` the model computes only the head of the exit it answers with (and of any it needs as
+        insurance), so fewer exits may come than a stream would see."""
         inputs = [triton_aio.InferInput("images", list(pixels.shape), "UINT8"),
-                  triton_aio.InferInput("budget_ms", [1], "FP64"), triton_aio.InferInput("exits", [2], "INT32")]
+                  triton_aio.InferInput("budget_ms", [1], "FP64"), triton_aio.InferInput("exits", [2], "INT32"),
+                  triton_aio.InferInput("every_exit", [1], "INT32")]
         inputs[0].set_data_from_numpy(pixels)
         inputs[1].set_data_from_numpy(np.array([budget_ms], np.float64))
         inputs[2].set_data_from_numpy(np.array(exits, np.int32))
+        inputs[3].set_data_from_numpy(np.array([int(every_exit)], np.int32))
 
         async def requests():
             yield {"model_name": self.model, "inputs": inputs}
@@ -293,19 +319,21 @@ class ProgressiveExecution(Execution):
         best, failure = None, None  # the answer so far; what the request ends with if it gets none
         self.outstanding[address] += 1
         # Answer a little before the deadline (building and sending the answer takes that long, and longer when
-        # the event loop runs late); the stages get what is left of the budget until then. The lag part of the
-        # margin never takes the time the first useful exit needs (as predicted), so a tight budget keeps it.
+        # the event loop runs late); the stages get what is left of the budget until then, less the request's round
+        # trip to the model. The lag part of the margin takes at most half the slack beyond the time the first
+        # useful exit needs (as predicted), so a tight budget keeps that time and some room for noise.
         now = time.monotonic()
         base = self.config.answer_margin_ms / 1e3
         left = req.deadline - now
         first_needs = self.scheduler.profiles[address].predict(req.min_exit)
-        margin = base + min(g.loop_lag.recent_s(now), max(0.0, left - base - first_needs))
+        margin = base + min(g.loop_lag.recent_s(now), max(0.0, left - base - first_needs) / 2)
         answer_by = req.deadline - margin
-        budget_ms = (answer_by - now) * 1e3
+        budget_ms = max((answer_by - now - self.transport[address]) * 1e3, 1e-3)  # none left: the model refuses
         exits = (req.min_exit, req.max_exit or 0)
         try:
             async with asyncio.timeout_at(_loop_time(answer_by)):
-                async for exit, outputs in self._stream(self.clients[address], pending.pixels, budget_ms, exits):
+                async for exit, outputs in self._stream(self.clients[address], pending.pixels, budget_ms, exits,
+                                                        every_exit=pending.on_exit is not None):
                     if exit < req.min_exit:
                         continue
                     self.scheduler.cancel(req)  # its reservation (work until its first useful exit) is done

@@ -1,27 +1,38 @@
 """Progressive execution: every request runs stage by stage, the next stage only if it still fits the deadline,
-and requests waiting at the same stage share one call (iteration-level batching, as in Orca for LLM serving).
+a head only for the exits that are wanted, and requests waiting at the same step share one call (iteration-level
+batching, as in Orca for LLM serving).
 
-Pure logic on an injected clock, like the upfront scheduler: the Triton model that runs the stages
+Pure logic on an injected clock, like the upfront scheduler: the Triton model that runs the graphs
 (``anytime.export.triton_progressive_model``) asks it what to run next, and tests drive it with a simulated clock.
+
+A stage is two steps: its *features* (stage 1: backbone and pyramid network 1; stage k: pyramid network k) and its
+*head* (exit k's class and box head and NMS on those features). Heads are lazy: a RetinaNet head runs on every
+level and costs about three pyramid networks of the default model, so running every exit's head on the way to
+exit 4 costs 2.2x the multiply-adds of exit 4 alone (``anytime info``). A request that will go deeper skips the
+head of the stage it just finished; a stream of refinements (``every_exit``) runs every head.
 
 Decisions, each time the executor is free (``plan``):
 
-- **Stopping.** Before a request's next stage, its predicted completion (the stage's latency at the planning
-  quantile, for the batch it would join) must fit the request's deadline; if it does not, the request stops with
-  the exit it has. A request with no exit yet whose first stage cannot fit has failed. So a request is answered
-  at its deadline with the deepest exit that could be computed in time, and a wrong guess costs one stage, not
-  the whole answer.
-- **Order.** Earliest deadline first across stages. A request's next stage yields to other requests' *first*
-  stages when running it first would make one of them miss its first exit: a first exit is the difference
-  between an answer and none, a deeper one only a better answer.
-- **Batching.** At the chosen stage, the call takes the batch size under which the most waiting requests finish
-  the stage in time when the queue is served in calls of that size (a larger batch takes longer, so it can
-  block the requests behind it past their deadlines; among sizes that serve as many, the one with the earliest
-  exits on the whole, which on a CPU is the smaller one), and among the
-  requests that fit that size, the earliest deadlines. Under overload this serves the requests that can still
-  make it rather than the ones about to expire.
-- **Stopping early.** A request that has a useful exit and could start its next stage only too late (after the
-  call being started, or right now) is answered at once rather than at its deadline.
+- **Going on or answering.** After stage k's features, a request goes on to stage k+1 when stage k+1's features
+  and head still fit its deadline (each at the planning quantile); otherwise it runs head k, its answer. While a
+  request has no answer yet, it runs head k first when going on would not survive a slow call (the insurance
+  quantile) or when new requests wait for their first stage (they would delay its next one): one head, paid only
+  when the slack is small or the engine busy, so that a wrong guess costs depth, not the answer.
+- **Giving up.** A waiting request whose next step can no longer fit falls back: to the head of the features it
+  has, else to the exit it has, else (no exit at all) it has failed. A request without an answer is given up only
+  when even the median prediction misses (a first exit is the difference between an answer and none); a
+  request with one goes deeper only at the planning quantile. A request alone in the engine is tried while the
+  fastest plausible time fits: then trying costs nobody else anything.
+- **Order.** Earliest deadline first across steps. A step of requests that have their answer yields to other
+  requests' first stages when running it first would make one of them miss its first exit.
+- **Batching.** At the chosen step, the call takes the batch size under which the most waiting requests reach
+  their next useful exit in time when the queue is served in calls of that size (a larger batch takes longer, so
+  it can block the requests behind it past their deadlines; among sizes that serve as many, the one with the
+  earliest exits on the whole, which on a CPU is the smaller one), and among the requests that fit that size, the
+  earliest deadlines. Under overload this serves the requests that can still make it rather than the ones about
+  to expire.
+- **Answering early.** A request that has an exit and could start its next step only too late (after the call
+  being started) is answered at once rather than at its deadline.
 """
 
 from __future__ import annotations
@@ -29,11 +40,24 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from anytime.serving.latency import LatencyProfile
 
 _seq = itertools.count()
+FEATURES, HEAD = "features", "head"
+
+
+class Step(NamedTuple):
+    """One graph call: stage ``level``'s features, or exit ``level``'s head."""
+
+    kind: str
+    level: int
+
+
+def step_key(step: Step, num_stages: int) -> int:
+    """The step's entry in the latency profile: stage k's features are k, exit k's head num_stages + k."""
+    return step.level if step.kind == FEATURES else num_stages + step.level
 
 
 @dataclass(eq=False)
@@ -44,48 +68,95 @@ class Job:
     arrival: float
     max_exit: int
     min_exit: int = 1
+    every_exit: bool = False  # a stream of refinements: every exit's head on the way, not only the answer's
     payload: Any = None  # the executor's: the request's sender, and the features its last stage produced
-    stage: int = 1  # the next stage to run
-    exit: int = 0  # deepest exit computed so far (0: none)
+    next: Step = Step(FEATURES, 1)  # the step it waits for or runs
+    features: int = 0  # deepest stage whose features are computed (0: none)
+    exit: int = 0  # deepest exit whose detections are computed (0: none)
     state: str = "waiting"  # waiting -> running -> waiting ... -> done | failed | cancelled
     id: int = field(default_factory=lambda: next(_seq))
+
+    @property
+    def answered(self) -> bool:
+        """Whether it has a useful exit (one it may be answered with)."""
+        return self.exit >= self.min_exit
 
 
 @dataclass
 class Plan:
-    """What to do now: run ``stage`` on ``jobs`` (if any), and settle ``finished`` (stopped with their exit) and
+    """What to do now: run ``step`` on ``jobs`` (if any), and settle ``finished`` (stopped with their exit) and
     ``failed`` (no exit could be computed in time)."""
 
-    stage: int | None = None
+    step: Step | None = None
     jobs: list[Job] = field(default_factory=list)
     finished: list[Job] = field(default_factory=list)
     failed: list[Job] = field(default_factory=list)
 
 
 class StageEngine:
-    def __init__(self, profile: LatencyProfile, num_stages: int, max_batch: int = 8, margin_s: float = 0.001):
-        self.profile = profile  # "exit" k of the profile is stage k (cumulative=False); batch sizes as measured
+    def __init__(self, profile: LatencyProfile, num_stages: int, max_batch: int = 8, margin_s: float = 0.001,
+                 hope_quantile: float = 0.5, insure_quantile: float = 0.99, alone_quantile: float = 0.05):
+        # The profile's "exits" are steps (``step_key``; cumulative=False), per batch size as measured.
+        self.profile = profile
         self.num_stages = num_stages
         self.max_batch = max(1, int(max_batch))
         self.lookahead = 4 * self.max_batch  # requests a batch-size decision looks at (bounds its cost)
-        self.margin = margin_s  # what a stage's answer needs after the stage: sending it, the gateway's reply
-        self._queues: dict[int, list[tuple[float, int, Job]]] = {s: [] for s in range(1, num_stages + 1)}
+        self.margin = margin_s  # what an answer needs after its head: sending it, the gateway's reply
+        self.hope_quantile, self.insure_quantile, self.alone_quantile = hope_quantile, insure_quantile, alone_quantile
+        steps = [Step(FEATURES, k) for k in range(1, num_stages + 1)] + [Step(HEAD, k) for k in range(1, num_stages + 1)]
+        # features before heads: a request that falls back to its head moves to a queue that plan() looks at later
+        self._queues: dict[Step, list[tuple[float, int, Job]]] = {s: [] for s in steps}
         self.waiting = 0
-        self.stage_runs = {s: 0 for s in range(1, num_stages + 1)}
+        self.running = 0  # requests in the call being run
+        self.step_runs = {s: 0 for s in steps}
 
     # -- the latency model ---------------------------------------------------------------------------------
-    def predict(self, stage: int, batch: int = 1) -> float:
-        return self.profile.predict(stage, batch) + self.margin
+    def key(self, step: Step) -> int:
+        return step_key(step, self.num_stages)
 
-    def observe(self, stage: int, batch: int, seconds: float, now: float) -> None:
-        self.profile.observe(stage, seconds, now, batch=batch)
+    def predict(self, step: Step, batch: int = 1, quantile: float | None = None) -> float:
+        return self.profile.predict(self.key(step), batch, quantile)
+
+    def observe(self, step: Step, batch: int, seconds: float, now: float) -> None:
+        self.profile.observe(self.key(step), seconds, now, batch=batch)
+
+    def _path(self, job: Job) -> list[Step]:
+        """The steps from the job's next one to its next useful exit (every stage up to ``min_exit``)."""
+        if job.next.kind == HEAD:
+            return [job.next]
+        last = max(job.next.level, job.min_exit)
+        return [Step(FEATURES, k) for k in range(job.next.level, last + 1)] + [Step(HEAD, last)]
+
+    def _time_to(self, job: Job, batch: int = 1, quantile: float | None = None) -> float:
+        """Seconds until ``job`` has its next useful exit, its next step at ``batch``."""
+        first, *rest = self._path(job)
+        return self.predict(first, batch, quantile) + self._tail(rest, quantile)
+
+    def _tail(self, rest: list[Step], quantile: float | None = None, batch: int = 1) -> float:
+        """Seconds the steps ``rest`` take after the current one, and the answer after them; ``batch``: the
+        requests that share the current call go on together."""
+        return sum(self.predict(s, batch, quantile) for s in rest) + self.margin
+
+    def _fits(self, job: Job, start: float) -> bool:
+        """Whether the job's next useful exit, started at ``start``, is ready by its deadline: at the planning
+        quantile once it has an answer, at the median while it has none (then trying is its only chance), and
+        at the fastest plausible (``alone_quantile``) when it is alone in the engine (trying then costs no other
+        request anything)."""
+        if job.answered:
+            quantile = None
+        elif self.running == 0 and self.waiting - (job.state == "waiting") == 0:  # no other request: alone
+            quantile = self.alone_quantile
+        else:
+            quantile = self.hope_quantile
+        return start + self._time_to(job, 1, quantile) <= job.deadline
 
     # -- requests -------------------------------------------------------------------------------------------
     def add(self, job: Job, now: float) -> bool:
         """Queue a new request at its first stage; False (and the job failed) when even that cannot fit."""
         self.profile.tick(now)
         job.max_exit = min(job.max_exit, self.num_stages)
-        if job.min_exit > job.max_exit or now + self._time_to(job, 1) > job.deadline:
+        job.next, job.state = Step(FEATURES, 1), "new"
+        if job.min_exit > job.max_exit or not self._fits(job, now):
             job.state = "failed"
             return False
         self._push(job)
@@ -99,134 +170,194 @@ class StageEngine:
 
     def _push(self, job: Job) -> None:
         job.state = "waiting"
-        heapq.heappush(self._queues[job.stage], (job.deadline, job.id, job))
+        heapq.heappush(self._queues[job.next], (job.deadline, job.id, job))
         self.waiting += 1
 
-    def _time_to(self, job: Job, batch: int) -> float:
-        """Seconds until ``job`` has its next useful exit: its next stage, or every stage up to ``min_exit``."""
-        last = max(job.stage, job.min_exit)
-        return sum(self.predict(s, batch) for s in range(job.stage, last + 1))
+    def _give_up(self, job: Job, start: float) -> str:
+        """``job``'s next step cannot fit if started at ``start``: fall back to the head of the features it has
+        ("head", the job now waits for it), else end with the exit it has ("done") or none ("failed")."""
+        k = job.features
+        if job.next.kind == FEATURES and k > job.exit and k >= job.min_exit:
+            head = Step(HEAD, k)
+            quantile = None if job.answered else self.hope_quantile
+            if start + self._tail([head], quantile) <= job.deadline:
+                job.next = head
+                return "head"
+        return "done" if job.answered else "failed"
 
     # -- decisions ------------------------------------------------------------------------------------------
     def plan(self, now: float) -> Plan:
         plan = Plan()
         self.profile.tick(now)
-        heads = {}
-        for stage, queue in self._queues.items():
+        fronts = {}
+        for step, queue in self._queues.items():
             while queue:
                 job = queue[0][2]
                 if job.state != "waiting":  # cancelled while queued
                     heapq.heappop(queue)
                     continue
-                if job.stage > job.max_exit or now + self._time_to(job, 1) > job.deadline:
+                if not self._fits(job, now):
                     heapq.heappop(queue)
                     self.waiting -= 1
-                    job.state = "done" if job.exit >= job.min_exit else "failed"
-                    (plan.finished if job.state == "done" else plan.failed).append(job)
+                    self._settle_or_requeue(job, self._give_up(job, now), plan)
                     continue
-                heads[stage] = job
+                fronts[step] = job
                 break
-        if not heads:
+        if not fronts:
             return plan
-        stage = min(heads, key=lambda s: (heads[s].deadline, -s))
-        jobs = self._batch(stage, now)
-        if stage != 1 and 1 in heads and not self._first_exits_survive(now + self.predict(stage, len(jobs)), now):
-            stage, jobs = 1, self._batch(1, now)
-        plan.stage, plan.jobs = stage, jobs
+        step = min(fronts, key=lambda s: (fronts[s].deadline, -self.key(s)))
+        jobs = self._batch(step, now)
+        first = Step(FEATURES, 1)
+        if step != first and first in fronts and all(j.answered for j in jobs) \
+                and not self._first_exits_survive(now + self.predict(step, len(jobs)), now):
+            step, jobs = first, self._batch(first, now)
+        plan.step, plan.jobs = step, jobs
         for job in plan.jobs:
-            self._queues[stage].remove((job.deadline, job.id, job))
+            self._queues[step].remove((job.deadline, job.id, job))
             job.state = "running"
-        heapq.heapify(self._queues[stage])
+        heapq.heapify(self._queues[step])
         self.waiting -= len(plan.jobs)
-        self._stop_behind(now + self.predict(stage, len(plan.jobs)), plan)
+        self.running = len(plan.jobs)
+        self._stop_behind(now + self.predict(step, len(plan.jobs)), plan)
         return plan
 
+    def _settle_or_requeue(self, job: Job, outcome: str, plan: Plan) -> None:
+        if outcome == "head":
+            self._push(job)
+        else:
+            job.state = outcome
+            (plan.finished if outcome == "done" else plan.failed).append(job)
+
     def _stop_behind(self, free_at: float, plan: Plan) -> None:
-        """Stop now every waiting request that has a useful exit but could start its next stage only after this
-        call, too late for its deadline: it is answered at once rather than when the call ends (or at its
-        deadline), which is time its answer spends on the way back instead."""
-        for stage, queue in self._queues.items():
-            stopped = [j for _, _, j in queue if j.state == "waiting" and j.exit >= j.min_exit
-                       and free_at + self._time_to(j, 1) > j.deadline]
-            if not stopped:
-                continue
-            for job in stopped:
-                job.state = "done"
-                plan.finished.append(job)
-            self._queues[stage] = [e for e in queue if e[2].state == "waiting"]
-            heapq.heapify(self._queues[stage])
-            self.waiting -= len(stopped)
+        """Every waiting request that could start its next step only after this call, too late for its
+        deadline, and has something to fall back on: a request with an exit is answered at once rather than when
+        the call ends (or at its deadline), which is time its answer spends on the way back instead; one with
+        features but no head for them moves to that head's queue now."""
+        moved = []
+        for step, queue in self._queues.items():
+            behind = [j for _, _, j in queue if j.state == "waiting" and not self._fits(j, free_at)
+                      and (j.answered or (j.next.kind == FEATURES and j.features > j.exit))]
+            for job in behind:
+                outcome = self._give_up(job, free_at)
+                if outcome == "failed":  # nothing to fall back on yet: it stays, plan() decides when it is due
+                    continue
+                job.state = "moving"
+                self.waiting -= 1
+                moved.append((job, outcome))
+            if behind:
+                self._queues[step] = [e for e in queue if e[2].state == "waiting"]
+                heapq.heapify(self._queues[step])
+        for job, outcome in moved:
+            self._settle_or_requeue(job, outcome, plan)
 
-    def _batch(self, stage: int, now: float) -> list[Job]:
-        """The requests waiting at ``stage`` that one call should take (see the module docstring).
+    def _batch(self, step: Step, now: float) -> list[Job]:
+        """The requests waiting at ``step`` that one call should take (see the module docstring).
 
-        The size is the one under which the most waiting requests finish the stage in time when the queue is
-        served in calls of that size, not only this call: one big call that fits its own requests can block
-        every request behind it until their deadlines are gone (a batch costs nearly its size in time on a
+        The size is the one under which the most waiting requests reach their next useful exit in time when the
+        queue is served in calls of that size, not only this call: one big call that fits its own requests can
+        block every request behind it until their deadlines are gone (a batch costs nearly its size in time on a
         CPU). Among sizes that serve as many, the one that finishes them earliest on the whole.
         """
-        ready = [j for _, _, j in sorted(self._queues[stage]) if j.state == "waiting"][:self.lookahead]
-        best_size, best = 1, None
+        ready = [j for _, _, j in sorted(self._queues[step]) if j.state == "waiting"][:self.lookahead]
+        rests = {j.id: self._path(j)[1:] for j in ready}
+        best_size, best, best_tails = 1, None, {}
         for size in range(1, min(self.max_batch, len(ready)) + 1):
-            count, total = self._served(stage, ready, size, now)
+            tails = {i: self._tail(rest, batch=size) for i, rest in rests.items()}
+            count, total = self._served(step, ready, tails, size, now)
             if best is None or (-count, total) < best:  # most in time, then the earliest exits on the whole
-                best_size, best = size, (-count, total)
-        done_at = now + self.predict(stage, best_size)
-        return [j for j in ready if done_at <= j.deadline][:best_size] or ready[:1]
+                best_size, best, best_tails = size, (-count, total), tails
+        done_at = now + self.predict(step, best_size)
+        return [j for j in ready if done_at + best_tails[j.id] <= j.deadline][:best_size] or ready[:1]
 
-    def _served(self, stage: int, ready: list[Job], size: int, now: float) -> tuple[int, float]:
+    def _served(self, step: Step, ready: list[Job], tails: dict[int, float], size: int, now: float) -> tuple[int, float]:
         """Serving ``ready`` (in deadline order) in calls of ``size``, each taking the earliest deadlines that
-        can still make it: how many finish ``stage`` in time, and the sum of their finishing times. The sum is
-        what separates sizes that serve as many: it is lower for small calls on a CPU (a batch costs about its
-        size in time, and the first requests are answered sooner) and for large calls where batching pays."""
+        can still make it (``tails``: what each needs after this step, in a call of ``size`` too, which the same
+        executor runs before the next call of this step): how many reach their next useful exit in time, and the
+        sum of their finishing times.
+        The sum is what separates sizes that serve as many: it is lower for small calls on a CPU (a batch costs
+        about its size in time, and the first requests are answered sooner) and for large calls where batching
+        pays."""
         t, count, total, rest = now, 0, 0.0, ready
         while rest:
-            end = t + self.predict(stage, min(size, len(rest)))
-            fits = [j for j in rest if end <= j.deadline][:size]
+            end = t + self.predict(step, min(size, len(rest)))
+            fits = [j for j in rest if end + tails[j.id] <= j.deadline][:size]
             if not fits:
                 break
+            tail = max(tails[j.id] for j in fits) - self.margin  # the same executor runs what they need next
             count += len(fits)
-            total += len(fits) * (end - now)
+            total += len(fits) * (end + tail - now)
             taken = {j.id for j in fits}
             rest = [j for j in rest if j.id not in taken]
-            t = end
+            t = end + tail
         return count, total
 
     def _first_exits_survive(self, start: float, now: float) -> bool:
-        """Whether every request still waiting for its first exit gets it in time if stage 1 starts at ``start``
-        (in deadline order, in full batches); requests that could not make it anyway do not count."""
-        first = [j for _, _, j in sorted(self._queues[1]) if j.state == "waiting"]
+        """Whether every request still waiting for its first stage gets its first exit in time if that stage
+        starts at ``start`` (in deadline order, in full batches); requests that could not make it anyway do not
+        count."""
+        first = Step(FEATURES, 1)
+        waiting = [j for _, _, j in sorted(self._queues[first]) if j.state == "waiting"]
         t = start
-        for i in range(0, len(first), self.max_batch):
-            chunk = first[i:i + self.max_batch]
-            t += self.predict(1, len(chunk))
+        for i in range(0, len(waiting), self.max_batch):
+            chunk = waiting[i:i + self.max_batch]
+            t += self.predict(first, len(chunk))
             for job in chunk:
-                if t > job.deadline and now + self.predict(1, 1) <= job.deadline:
+                tail = self._tail(self._path(job)[1:])
+                if t + tail > job.deadline and now + self._time_to(job) <= job.deadline:
                     return False
         return True
 
-    def ran(self, stage: int, jobs: list[Job], seconds: float, now: float) -> list[Job]:
-        """A call of ``stage`` on ``jobs`` finished after ``seconds``: learn its latency, move each job on.
-        Returns the jobs that are done: they reached their last allowed exit, or their next stage cannot fit any
-        more (so the exit just computed is their answer, and its response can say so)."""
-        self.observe(stage, len(jobs), seconds, now)
-        self.stage_runs[stage] += 1
-        done = []
+    def ran(self, step: Step, jobs: list[Job], seconds: float, now: float) -> list[Job]:
+        """A call of ``step`` on ``jobs`` finished after ``seconds``: learn its latency, move each job on.
+
+        Returns the jobs that this call ended (only a head ends any): those done with the exit just computed
+        (their last allowed one, or their next stage cannot fit), so the executor can mark that exit's response as
+        the last."""
+        self.observe(step, len(jobs), seconds, now)
+        self.step_runs[step] += 1
+        self.running = 0
+        ended = []
         for job in jobs:
             if job.state != "running":  # cancelled during the call
                 continue
-            job.exit, job.stage = stage, stage + 1
-            # done at its last allowed exit, or when even starting the next stage now would miss the deadline:
-            # then this exit's response is the final one and the answer leaves now, not at the deadline
-            if job.stage > job.max_exit or (job.exit >= job.min_exit and now + self._time_to(job, 1) > job.deadline):
-                job.state = "done"
-                done.append(job)
+            if step.kind == FEATURES:
+                job.features = step.level
+                job.next = self._after_features(job, now)
+            else:
+                job.exit = step.level
+                job.next = self._after_head(job, now)
+            if job.next is None:
+                job.state = "done" if job.answered else "failed"
+                ended.append(job)
             else:
                 self._push(job)
-        return done
+        return ended
+
+    def _deeper_fits(self, job: Job, now: float, quantile: float | None = None) -> bool:
+        """Whether the next stage's features and head, started now, end by the deadline."""
+        k = job.features + 1
+        return k <= job.max_exit and now + self._tail([Step(FEATURES, k), Step(HEAD, k)], quantile) <= job.deadline
+
+    def _after_features(self, job: Job, now: float) -> Step | None:
+        k = job.features
+        if k < job.min_exit:  # an exit below min_exit is of no use: straight on (plan() gives up if it cannot fit)
+            return Step(FEATURES, k + 1)
+        if job.every_exit or not self._deeper_fits(job, now):
+            return Step(HEAD, k)
+        if not job.answered and (self._first_stages_wait() or not self._deeper_fits(job, now, self.insure_quantile)):
+            return Step(HEAD, k)  # insurance: a slow next stage, or one that new requests delay, would leave none
+        return Step(FEATURES, k + 1)
+
+    def _first_stages_wait(self) -> bool:
+        return any(j.state == "waiting" for _, _, j in self._queues[Step(FEATURES, 1)])
+        return Step(FEATURES, k + 1)
+
+    def _after_head(self, job: Job, now: float) -> Step | None:
+        return Step(FEATURES, job.features + 1) if self._deeper_fits(job, now) else None
 
     def failed(self, jobs: list[Job]) -> None:
         """A call failed: its jobs cannot go on."""
+        self.running = 0
         for job in jobs:
             if job.state == "running":
                 job.state = "failed"

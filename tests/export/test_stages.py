@@ -13,7 +13,8 @@ import torch
 import tritonclient.grpc as tc
 
 from anytime.export.exporter import export_repository
-from anytime.export.onnx import CANDIDATE_NAMES, OUTPUT_NAMES, export_exit, export_stage, stage_io
+from anytime.export.onnx import (CANDIDATE_NAMES, OUTPUT_NAMES, export_exit, export_features, export_head,
+                                 features_io, head_io)
 from anytime.export.verify import NmsSettings, check_candidates, check_nms
 from anytime.serving.triton import TritonServer, free_ports
 from anytime.testing import random_detector, scrape, tiny_config
@@ -28,15 +29,18 @@ def model():
 
 
 def test_the_stage_chain_computes_exactly_the_exits(model):
-    """Stage 1 on images, then each stage on the previous one's features, in ONNX Runtime: every exit's
+    """Each stage's features on the previous one's, in ONNX Runtime, and exit k's head on stage k's: every exit's
     candidates equal the monolithic exit graph's, and its detections are a valid NMS of PyTorch's."""
     images = torch.randint(0, 256, (2, 3, 128, 128), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     feed = {"images": images.numpy()}
+    head_in, head_out = head_io(model)
     for k in range(1, EXITS + 1):
-        stage = ort.InferenceSession(export_stage(model, k, with_candidates=True))
-        names_in, names_out = stage_io(model, k)
+        stage = ort.InferenceSession(export_features(model, k))
+        names_in, names_out = features_io(model, k)
         assert [i.name for i in stage.get_inputs()] == list(names_in)
-        out = dict(zip([o.name for o in stage.get_outputs()], stage.run(None, feed)))
+        feats = stage.run(list(names_out), feed)
+        head = ort.InferenceSession(export_head(model, k, with_candidates=True))
+        out = dict(zip(head_out + CANDIDATE_NAMES, head.run(list(head_out + CANDIDATE_NAMES), dict(zip(head_in, feats)))))
         exit_graph = ort.InferenceSession(export_exit(model, k, with_candidates=True))
         mono = dict(zip(OUTPUT_NAMES + CANDIDATE_NAMES, exit_graph.run(None, {"images": images.numpy()})))
         check_candidates(out["candidate_scores"], out["candidate_boxes"], mono["candidate_scores"],
@@ -45,8 +49,7 @@ def test_the_stage_chain_computes_exactly_the_exits(model):
             ref = model(images, exit=k, with_candidates=True)
         check_nms(dict(boxes=out["boxes"], scores=out["scores"], labels=out["labels"], count=out["num_detections"]),
                   ref[4].numpy(), ref[5].numpy(), NmsSettings.of(model.cfg))
-        feed = {name[:-len("_out")]: out[name] for name in names_out if name.endswith("_out")}
-    assert feed == {}  # the last stage hands nothing on
+        feed = dict(zip(head_in, feats))  # the next stage's features input: this stage's output
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +61,13 @@ def triton(model, tmp_path_factory):
         yield server
 
 
-def _request(budget_ms: float, exits=(1, 0), seed=0):
+def _request(budget_ms: float, exits=(1, 0), seed=0, every_exit=True):
     inputs = [tc.InferInput("images", [1, 3, 128, 128], "UINT8"), tc.InferInput("budget_ms", [1], "FP64"),
-              tc.InferInput("exits", [2], "INT32")]
+              tc.InferInput("exits", [2], "INT32"), tc.InferInput("every_exit", [1], "INT32")]
     inputs[0].set_data_from_numpy(np.random.default_rng(seed).integers(0, 256, (1, 3, 128, 128), dtype=np.uint8))
     inputs[1].set_data_from_numpy(np.array([budget_ms], np.float64))
     inputs[2].set_data_from_numpy(np.array(exits, np.int32))
+    inputs[3].set_data_from_numpy(np.array([int(every_exit)], np.int32))
     return inputs
 
 
@@ -106,9 +110,26 @@ def test_exits_stream_in_increasing_order_and_an_impossible_budget_is_an_error(t
         client.stop_stream()
 
 
-def test_requests_waiting_at_a_stage_share_one_call(triton):
-    runs = scrape(triton.metrics_url, "anytime_stage_runs", stage="1")
-    images = scrape(triton.metrics_url, "anytime_stage_images", stage="1")
+def test_an_answer_alone_runs_only_its_own_head(triton):
+    """Without every_exit, a request with time for exit 4 gets exit 4 alone: heads 1-3 never run for it."""
+    heads = {k: scrape(triton.metrics_url, "anytime_stage_images", stage=str(k), part="head") for k in range(1, 5)}
+    client, answers = _stream(triton)
+    try:
+        client.async_stream_infer("anytime_progressive", _request(10_000, every_exit=False), request_id="lazy")
+        got = _collect(answers, 1)
+    finally:
+        client.stop_stream()
+    assert got == {"lazy": [EXITS]}
+    assert {k: scrape(triton.metrics_url, "anytime_stage_images", stage=str(k), part="head") - v
+            for k, v in heads.items()} == {1: 0, 2: 0, 3: 0, 4: 1}
+
+
+def test_sixteen_streams_at_once_each_run_every_step_once(triton):
+    """16 streams sent at once: each gets every exit, and each step runs once per request (in calls of one or
+    more: whether sharing a call pays is the engine's judgement, tested on a simulated clock in
+    tests/serving/test_progressive.py, since on a CPU a batch can cost its size in time)."""
+    runs = scrape(triton.metrics_url, "anytime_stage_runs")
+    images = scrape(triton.metrics_url, "anytime_stage_images")
     client, answers = _stream(triton)
     try:
         for i in range(16):
@@ -117,9 +138,9 @@ def test_requests_waiting_at_a_stage_share_one_call(triton):
     finally:
         client.stop_stream()
     assert all(v == [1, 2, 3, 4] for v in got.values()) and len(got) == 16
-    runs, images = scrape(triton.metrics_url, "anytime_stage_runs", stage="1") - runs, \
-        scrape(triton.metrics_url, "anytime_stage_images", stage="1") - images
-    assert images == 16 and runs < 16, (runs, images)
+    runs, images = scrape(triton.metrics_url, "anytime_stage_runs") - runs, \
+        scrape(triton.metrics_url, "anytime_stage_images") - images
+    assert images == 16 * 2 * EXITS and 0 < runs <= images, (runs, images)
 
 
 def test_a_cancelled_request_runs_no_further_stage(triton):

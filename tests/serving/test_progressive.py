@@ -1,83 +1,156 @@
-"""The progressive stage engine on a simulated clock: stopping at the deadline, EDF across stages with first exits
+"""The progressive stage engine on a simulated clock: lazy heads (only the answer's, unless every exit is
+wanted), insurance when the slack is small, stopping at the deadline, EDF across steps with first exits
 protected, batches sized by deadlines, cancellation."""
 
 from anytime.serving.latency import LatencyProfile
-from anytime.serving.progressive import Job, StageEngine
+from anytime.serving.progressive import FEATURES, HEAD, Job, StageEngine, Step
 
 MS = 1e-3
-# stage k at batch b takes STAGE_MS[k] * (1 + 0.25 (b - 1)) ms: batching 4 costs 1.75x one
-STAGE_MS = {1: 10.0, 2: 4.0, 3: 4.0}
+# stage k's features and exit k's head at batch b take MS * (1 + 0.25 (b - 1)): batching 4 costs 1.75x one.
+# Lazy: exit 1 takes 10 ms, exit 2 14 ms, exit 3 18 ms; every exit on the way: 10, 18, 26 ms.
+FEATURES_MS = {1: 6.0, 2: 4.0, 3: 4.0}
+HEAD_MS = {1: 4.0, 2: 4.0, 3: 4.0}
 
 
-def engine(max_batch=4, margin_ms=0.0):
-    prior = {k: {b: {"p50": v * (1 + 0.25 * (b - 1)), "p95": v * (1 + 0.25 * (b - 1))} for b in (1, 2, 4)}
-             for k, v in STAGE_MS.items()}
-    return StageEngine(LatencyProfile(prior, cumulative=False), num_stages=3, max_batch=max_batch, margin_s=margin_ms * MS)
+def f(k):
+    return Step(FEATURES, k)
 
 
-def job(deadline_ms, now=0.0, max_exit=3, min_exit=1):
-    return Job(deadline=now + deadline_ms * MS, arrival=now, max_exit=max_exit, min_exit=min_exit)
+def h(k):
+    return Step(HEAD, k)
+
+
+def prior_of(features_ms, head_ms, stats=lambda ms: {"p50": ms, "p95": ms}, batches=(1, 2, 4)):
+    """The profile's prior: features k under key k, head k under num_stages + k."""
+    n = len(features_ms)
+    per_key = {**features_ms, **{n + k: v for k, v in head_ms.items()}}
+    return {key: {b: stats(ms * (1 + 0.25 * (b - 1))) for b in batches} for key, ms in per_key.items()}
+
+
+def engine(max_batch=4, margin_ms=0.0, stats=None):
+    prior = prior_of(FEATURES_MS, HEAD_MS, **({"stats": stats} if stats else {}))
+    return StageEngine(LatencyProfile(prior, cumulative=False), num_stages=3, max_batch=max_batch,
+                       margin_s=margin_ms * MS)
+
+
+def job(deadline_ms, now=0.0, max_exit=3, min_exit=1, every_exit=False):
+    return Job(deadline=now + deadline_ms * MS, arrival=now, max_exit=max_exit, min_exit=min_exit,
+               every_exit=every_exit)
+
+
+def duration(e: StageEngine, step: Step, batch: int) -> float:
+    """What a call takes in these simulations: its median."""
+    return e.predict(step, batch, 0.5)
 
 
 def run_to_end(e: StageEngine, now: float = 0.0, limit: int = 100):
-    """Drive the engine like the executor does, each call taking exactly its predicted time; returns the
-    (stage, [job ids]) calls in order, the final time, and what finished or failed."""
+    """Drive the engine like the executor does, each call taking its median time; returns the (step, [job ids])
+    calls in order, the final time, and what finished or failed."""
     calls, finished, failed = [], [], []
     for _ in range(limit):
         plan = e.plan(now)
         finished += plan.finished
         failed += plan.failed
-        if plan.stage is None:
+        if plan.step is None:
             return calls, now, finished, failed
-        calls.append((plan.stage, [j.id for j in plan.jobs]))
-        now += e.profile.base(plan.stage, len(plan.jobs))
-        finished += e.ran(plan.stage, plan.jobs, e.profile.base(plan.stage, len(plan.jobs)), now)
+        calls.append((plan.step, [j.id for j in plan.jobs]))
+        now += duration(e, plan.step, len(plan.jobs))
+        for j in e.ran(plan.step, plan.jobs, duration(e, plan.step, len(plan.jobs)), now):
+            (finished if j.state == "done" else failed).append(j)
     raise AssertionError("the engine did not settle")
 
 
-def test_a_request_goes_as_deep_as_its_deadline_allows_and_stops_there():
-    for budget_ms, deepest in [(100, 3), (16, 2), (12, 1)]:
+def test_a_request_goes_as_deep_as_its_deadline_allows_and_runs_only_its_answers_head():
+    for budget_ms, steps in [(100, [f(1), f(2), f(3), h(3)]), (16, [f(1), f(2), h(2)]), (12, [f(1), h(1)])]:
         e = engine()
         j = job(budget_ms)
         assert e.add(j, 0.0)
-        calls, _, finished, failed = run_to_end(e)
-        assert [c[0] for c in calls] == list(range(1, deepest + 1)) and failed == []
-        assert finished == [j] and j.exit == deepest and j.state == "done"
+        calls, end, finished, failed = run_to_end(e)
+        assert [c[0] for c in calls] == steps and failed == []
+        assert finished == [j] and j.exit == steps[-1].level and j.state == "done" and end <= j.deadline
 
 
-def test_a_budget_below_the_first_stage_fails_at_once():
+def test_a_stream_runs_every_head_on_the_way():
     e = engine()
-    j = job(5)
+    j = job(100, every_exit=True)
+    e.add(j, 0.0)
+    calls, _, finished, _ = run_to_end(e)
+    assert [c[0] for c in calls] == [f(1), h(1), f(2), h(2), f(3), h(3)] and finished == [j] and j.exit == 3
+
+
+def test_with_no_answer_yet_and_little_slack_the_head_runs_first_as_insurance():
+    """Calls usually take their median, 3 in 100 twice that: going on fits at the planning quantile (p95) but
+    not if the call is slow (p99). Without an answer, the request takes the exit it has first."""
+    def rare_slow(ms):
+        return {"samples_ms": [ms] * 97 + [2 * ms] * 3}
+    e = engine(stats=rare_slow)
+    # After f1 (6 ms): f2 + h2 end at 14 ms (p95) or by 22 ms (p99, which the observations of median calls lower a
+    # little); after f2 (10 ms), f3 + h3 at 18 or 24 ms: too late for a request with no answer.
+    j = job(23)
+    e.add(j, 0.0)
+    calls, end, finished, _ = run_to_end(e)
+    assert [c[0] for c in calls] == [f(1), f(2), h(2), f(3), h(3)] and finished == [j] and j.exit == 3
+    e = engine()  # the same budget without the slow tail: straight to exit 3
+    j = job(23)
+    e.add(j, 0.0)
+    assert [c[0] for c in run_to_end(e)[0]] == [f(1), f(2), f(3), h(3)]
+
+
+def test_a_request_without_an_answer_is_tried_while_the_median_fits_or_the_fastest_when_alone():
+    def spread(ms):
+        return {"samples_ms": [ms * r for r in (0.6, 0.8, 1.0, 1.2, 1.4)]}
+
+    def busy():  # another request waits: trying a long shot would cost it
+        e = engine(stats=spread)
+        e.add(job(100), 0.0)
+        return e
+    e = busy()
+    assert e.predict(f(1)) + e.predict(h(1)) > 10.5 * MS  # the planning quantile says exit 1 needs more ...
+    assert e.add(job(10.5), 0.0)  # ... but the median fits: the request gets its chance
+    assert not busy().add(job(8), 0.0)
+    assert engine(stats=spread).add(job(8), 0.0)  # alone: tried while the fastest plausible time (6 ms) fits
+    assert not engine(stats=spread).add(job(5.5), 0.0)
+
+
+def test_a_budget_below_the_first_exit_fails_at_once():
+    e = engine()
+    j = job(9)  # f1 + h1: 10 ms
     assert not e.add(j, 0.0) and j.state == "failed" and e.waiting == 0
 
 
-def test_requests_at_one_stage_are_batched_within_the_earliest_deadline():
+def test_requests_at_one_step_are_batched_within_the_earliest_deadline():
     e = engine()
     jobs = [job(d) for d in (40, 45, 50, 60, 70)]
     for j in jobs:
         e.add(j, 0.0)
     plan = e.plan(0.0)
-    assert plan.stage == 1 and [j.id for j in plan.jobs] == [j.id for j in jobs[:4]]  # max_batch 4
+    assert plan.step == f(1) and [j.id for j in plan.jobs] == [j.id for j in jobs[:4]]  # max_batch 4
     e2 = engine()
-    tight = [job(13), job(60), job(60)]  # batch 2 takes 12.5 ms, batch 3 15 ms: only 2 fit the 13 ms deadline
+    tight = [job(13), job(60), job(60)]  # f1 + h1 at batch 2 end at 12.5 ms, at batch 3 at 15
     for j in tight:
         e2.add(j, 0.0)
     assert len(e2.plan(0.0).jobs) == 2
 
 
-def test_a_deeper_stage_yields_when_it_would_make_a_first_exit_late():
+def test_a_step_of_answered_requests_yields_when_it_would_make_a_first_exit_late():
     e = engine(max_batch=1)
-    old = job(22)
+    old = job(23, every_exit=True)
     e.add(old, 0.0)
-    e.ran(1, e.plan(0.0).jobs, 0.010, 0.010)  # old has exit 1 at t=10 ms and waits for stage 2 (4 ms)
-    new = job(13, now=0.010)  # deadline 23 ms: its stage 1 (10 ms) must start within 3 ms
+    run = e.plan(0.0)
+    e.ran(run.step, run.jobs, 0.006, 0.006)
+    run = e.plan(0.006)
+    assert run.step == h(1)
+    e.ran(run.step, run.jobs, 0.004, 0.010)  # old has exit 1 at 10 ms and waits for f2 (4 ms)
+    new = job(13, now=0.010)  # deadline 23 ms: its f1 + h1 (10 ms) must start within 3 ms
     e.add(new, 0.010)
-    plan = e.plan(0.010)  # EDF alone would run old's stage 2 first (deadline 22 < 23), and new would miss
-    assert plan.stage == 1 and plan.jobs == [new]
+    plan = e.plan(0.010)  # EDF alone would run old's f2 first (the deeper step on a tie), and new would miss
+    assert plan.step == f(1) and plan.jobs == [new]
     e3 = engine(max_batch=1)
-    old = job(30)
+    old = job(23, every_exit=True)
     e3.add(old, 0.0)
-    e3.ran(1, e3.plan(0.0).jobs, 0.010, 0.010)
+    for t in (0.006, 0.010):
+        run = e3.plan(t - (0.006 if t == 0.006 else 0.004))
+        e3.ran(run.step, run.jobs, 0.0, t)
     relaxed = job(40, now=0.010)  # plenty of time for both: earliest deadline first
     e3.add(relaxed, 0.010)
     assert e3.plan(0.010).jobs == [old]
@@ -88,11 +161,12 @@ def test_min_exit_is_planned_as_a_whole_and_max_exit_ends_the_request():
     capped = job(1000, max_exit=2)
     e.add(capped, 0.0)
     calls, _, finished, _ = run_to_end(e)
-    assert [c[0] for c in calls] == [1, 2] and capped.exit == 2 and finished == [capped]
+    assert [c[0] for c in calls] == [f(1), f(2), h(2)] and capped.exit == 2 and finished == [capped]
+    assert not engine().add(job(17, min_exit=3), 0.0)  # f1 + f2 + f3 + h3: 18 ms
     e = engine()
-    assert not e.add(job(16, min_exit=3), 0.0)  # stages 1-3 need 18 ms
-    e = engine()
-    assert e.add(job(19, min_exit=3), 0.0)
+    j = job(19, min_exit=3, every_exit=True)  # no head below min_exit, even for a stream
+    assert e.add(j, 0.0)
+    assert [c[0] for c in run_to_end(e)[0]] == [f(1), f(2), f(3), h(3)]
 
 
 def test_cancelled_requests_leave_their_queue():
@@ -103,14 +177,14 @@ def test_cancelled_requests_leave_their_queue():
     e.cancel(a)
     plan = e.plan(0.0)
     assert plan.jobs == [b] and e.waiting == 0
-    e.ran(1, plan.jobs, 0.01, 0.01)
+    e.ran(plan.step, plan.jobs, 0.006, 0.006)
     e.cancel(b)
-    assert e.plan(0.01).stage is None and e.waiting == 0
+    assert e.plan(0.006).step is None and e.waiting == 0
 
 
 def serve_arrivals(max_batch: int, arrivals_ms: list[float], budget_ms: float):
-    """Requests arrive over time; each call takes exactly its predicted time. Returns the jobs and, per job, when
-    its first exit was ready (None: never)."""
+    """Requests arrive over time; each call takes its median time. Returns the jobs and, per job, when its
+    first exit was ready (None: never)."""
     e = engine(max_batch=max_batch)
     jobs = [job(budget_ms, now=t * MS) for t in arrivals_ms]
     first = {}
@@ -119,19 +193,20 @@ def serve_arrivals(max_batch: int, arrivals_ms: list[float], budget_ms: float):
         while pending and pending[0].arrival <= now + 1e-12:
             e.add(pending.pop(0), now)
         plan = e.plan(now)
-        if plan.stage is None:
+        if plan.step is None:
             if not pending:
                 return jobs, first
             now = pending[0].arrival
             continue
-        now += e.profile.base(plan.stage, len(plan.jobs))
-        if plan.stage == 1:
-            first.update({j.id: now for j in plan.jobs})
-        e.ran(plan.stage, plan.jobs, e.profile.base(plan.stage, len(plan.jobs)), now)
+        now += duration(e, plan.step, len(plan.jobs))
+        if plan.step.kind == HEAD:
+            for j in plan.jobs:
+                first.setdefault(j.id, now)
+        e.ran(plan.step, plan.jobs, duration(e, plan.step, len(plan.jobs)), now)
 
 
 def test_under_overload_stage_batching_answers_more_and_never_late():
-    """40 requests in 100 ms with 25 ms budgets, stage 1 taking 10 ms (4 at once: 17.5 ms): four times what one
+    """40 requests in 100 ms with 25 ms budgets, exit 1 taking 10 ms (4 at once: 17.5 ms): four times what one
     at a time can serve. Every first exit computed is in time, and batches of 4 answer far more requests."""
     arrivals = [i * 2.5 for i in range(40)]
     answered = {}
@@ -145,7 +220,8 @@ def test_under_overload_stage_batching_answers_more_and_never_late():
 def test_where_a_batch_costs_its_size_in_time_one_big_call_does_not_block_the_queue():
     """On a CPU a batch of b costs about b single calls: serving 8 waiting requests in one call answers none of
     them before the whole call ends. The engine serves them one by one instead (as many in time, sooner)."""
-    prior = {1: {b: {"p50": 10.0 * b, "p95": 10.0 * b} for b in (1, 2, 4, 8)}, 2: {1: {"p50": 4.0, "p95": 4.0}}}
+    prior = {1: {b: {"p50": 10.0 * b, "p95": 10.0 * b} for b in (1, 2, 4, 8)}}  # f1
+    prior.update({k: {b: {"p50": 4.0 * b, "p95": 4.0 * b} for b in (1, 2, 4, 8)} for k in (2, 3, 4)})  # f2, h1, h2
     e = StageEngine(LatencyProfile(prior, cumulative=False), num_stages=2, max_batch=8)
     for _ in range(8):
         e.add(job(200), 0.0)
@@ -154,16 +230,36 @@ def test_where_a_batch_costs_its_size_in_time_one_big_call_does_not_block_the_qu
 
 def test_a_request_whose_next_stage_cannot_fit_is_answered_at_once():
     e = engine()
-    j = job(13)  # stage 1 (10 ms) fits; stage 2 (4 ms) no longer fits after it
+    j = job(13)  # after f1 (6 ms), f2 + h2 (8 ms) no longer fit: head 1, and that is the answer
     e.add(j, 0.0)
     plan = e.plan(0.0)
-    assert e.ran(1, plan.jobs, 0.010, 0.010) == [j] and j.state == "done" and e.waiting == 0
+    e.ran(plan.step, plan.jobs, 0.006, 0.006)
+    plan = e.plan(0.006)
+    assert plan.step == h(1) and e.ran(plan.step, plan.jobs, 0.004, 0.010) == [j] and j.state == "done"
+    assert e.waiting == 0
     # one that could go on, but only after a call starting now: answered when that call is planned, not after it
     e = engine(max_batch=1)
-    old = job(22)
+    old = job(19, every_exit=True)
     e.add(old, 0.0)
-    e.ran(1, e.plan(0.0).jobs, 0.010, 0.010)  # old: exit 1 at 10 ms; its stage 2 (4 ms) must start by 18 ms
-    new = job(13, now=0.010)  # its first stage must start now, and takes until 20 ms
+    for t, d in ((0.006, 0.006), (0.010, 0.004)):
+        run = e.plan(t - d)
+        e.ran(run.step, run.jobs, d, t)
+    assert old.exit == 1 and old.next == f(2)  # f2 + h2 must start by 11 ms
+    new = job(13, now=0.010)  # its f1 must start now, and takes until 16 ms
     e.add(new, 0.010)
     plan = e.plan(0.010)
     assert plan.jobs == [new] and plan.finished == [old] and old.exit == 1 and old.state == "done"
+
+
+def test_features_without_their_head_fall_back_to_it_when_going_on_no_longer_fits():
+    """A request that went on without head 1 and then waits too long at f2 (a burst ahead of it) gets head 1
+    rather than nothing."""
+    e = engine(max_batch=1)
+    j = job(21)  # after f1 at 6 ms: f2 + h2 end at 14 ms, fits
+    e.add(j, 0.0)
+    run = e.plan(0.0)
+    e.ran(run.step, run.jobs, 0.006, 0.006)
+    assert j.next == f(2) and j.exit == 0
+    plan = e.plan(0.015)  # nothing ran for 9 ms: f2 + h2 would end at 23 ms, head 1 at 19 ms
+    assert plan.step == h(1) and plan.jobs == [j]
+    assert e.ran(plan.step, plan.jobs, 0.004, 0.019) == [j] and j.exit == 1 and j.state == "done"
