@@ -16,8 +16,8 @@ Decisions, each time the executor is free (``plan``):
 - **Going on or answering.** After stage k's features, a request goes on to stage k+1 when stage k+1's features
   and head still fit its deadline (each at the planning quantile); otherwise it runs head k, its answer. While a
   request has no answer yet, it runs head k first when going on would not survive a slow call (the insurance
-  quantile) or when new requests wait for their first stage (they would delay its next one): one head, paid only
-  when the slack is small or the engine busy, so that a wrong guess costs depth, not the answer.
+  quantile) or the work that waits before it (earlier deadlines): one head, paid only when the slack is small,
+  so that a wrong guess or a burst costs depth, not the answer.
 - **Giving up.** A waiting request whose next step can no longer fit falls back: to the head of the features it
   has, else to the exit it has, else (no exit at all) it has failed. A request without an answer is given up only
   when even the median prediction misses (a first exit is the difference between an answer and none); a
@@ -344,12 +344,16 @@ class StageEngine:
             return Step(FEATURES, k + 1)
         if job.every_exit or not self._deeper_fits(job, now):
             return Step(HEAD, k)
-        if not job.answered and (self._first_stages_wait() or not self._deeper_fits(job, now, self.insure_quantile)):
-            return Step(HEAD, k)  # insurance: a slow next stage, or one that new requests delay, would leave none
+        if not job.answered and not (self._deeper_fits(job, now + self._ahead(job))
+                                     and self._deeper_fits(job, now, self.insure_quantile)):
+            return Step(HEAD, k)  # insurance: a slow next stage, or one that other requests delay, would leave none
         return Step(FEATURES, k + 1)
 
-    def _first_stages_wait(self) -> bool:
-        return any(j.state == "waiting" for _, _, j in self._queues[Step(FEATURES, 1)])
+    def _ahead(self, job: Job) -> float:
+        """Seconds of waiting work that earliest-deadline-first puts before ``job``'s next step: the next step of
+        every waiting request with an earlier deadline, one call each (an upper bound where they would share)."""
+        return sum(self.predict(step) for step, queue in self._queues.items()
+                   for deadline, _, j in queue if j.state == "waiting" and deadline < job.deadline)
         return Step(FEATURES, k + 1)
 
     def _after_head(self, job: Job, now: float) -> Step | None:
