@@ -79,7 +79,7 @@ class TritonPythonModel:
         prior = self._calibrate()
         quantile = float(params.get("planning_quantile") or 0.95)
         self.engine = StageEngine(LatencyProfile(prior, quantile=quantile, cumulative=False), self.num_stages,
-                                  self.max_batch, margin_s=float(params.get("margin_ms") or 1.0) / 1000)
+                                  self.max_batch, margin_s=float(params.get("margin_ms") or 3.0) / 1000)
         self.lock = threading.Condition()
         self.stopping = False
 

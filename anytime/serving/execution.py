@@ -318,6 +318,10 @@ class ProgressiveExecution(Execution):
         pending.dispatched = time.monotonic()
         best, failure = None, None  # the answer so far; what the request ends with if it gets none
         self.outstanding[address] += 1
+        # Its reservation is its work until its first useful exit. Heads are lazy, so that exit's detections may
+        # come only with the answer, long after the model did that work: release it once the work could be done.
+        release = asyncio.get_running_loop().call_later(
+            self.scheduler.profiles[address].expected(req.min_exit), self.scheduler.cancel, req)
         # Answer a little before the deadline (building and sending the answer takes that long, and longer when
         # the event loop runs late); the stages get what is left of the budget until then, less the request's round
         # trip to the model. The lag part of the margin takes at most half the slack beyond the time the first
@@ -353,6 +357,7 @@ class ProgressiveExecution(Execution):
         except Exception as e:  # never leave a caller waiting
             failure = Failure(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         finally:
+            release.cancel()
             self.outstanding[address] -= 1
             self.scheduler.cancel(req)
             if best is not None:
