@@ -3,9 +3,11 @@
 Copied as ``model.py`` into ``anytime_progressive/1/`` beside ``features1.onnx`` .. ``featuresK.onnx`` and
 ``head1.onnx`` .. ``headK.onnx``. Each request is one image with what is left of its budget, its allowed exits and
 whether it wants every exit on the way (``every_exit``, a stream) or only its answer (then only the answer's head
-runs); each exit's detections go back as their own response the moment its head ends. Every response carries ``exit`` and ``final`` (1 on the
-request's last one; a request stopped before its deepest allowed exit ends with ``exit`` 0, ``final`` 1), so a
-client knows the stream is over without Triton's reserved empty-final-response parameter. Between stages a request's
+runs); each exit's detections go back as their own response the moment its head ends. Every response carries
+``exit`` and ``final`` (1 on the request's last one; a request stopped before its deepest allowed exit ends with
+``exit`` 0, ``final`` 1), so a client knows the stream is over without Triton's reserved empty-final-response
+parameter. A response with ``exit`` 0 and ``final`` 0 says that the request's first stage is done (the gateway
+frees the request's admission reservation then: with lazy heads, its first exit may come only with its answer). Between stages a request's
 features stay here, in this process's memory: they never cross the wire (measured against passing them through
 Triton's shared memory, see the README), and one copy of each stage's weights serves every request.
 
@@ -207,21 +209,28 @@ class TritonPythonModel:
                 continue
             if step.kind == FEATURES:  # the input of what comes next: these features, this request's row
                 job.payload.inputs = [out[n][i:i + 1] for n in self.features_out]
+                if step.level == 1:  # progress: its first stage is done (heads are lazy: no exit may come yet)
+                    self._send(job, [pb_utils.Tensor("exit", np.array([0], np.int32)),
+                                     pb_utils.Tensor("final", np.array([0], np.int32))], 0)
                 continue
             final = job.id in ended
             tensors = [pb_utils.Tensor(n, np.ascontiguousarray(out[n][i:i + 1], dtype=DTYPES[n])) for n in DETECTIONS]
             tensors.append(pb_utils.Tensor("exit", np.array([step.level], np.int32)))
             tensors.append(pb_utils.Tensor("final", np.array([int(final)], np.int32)))
-            try:
-                job.payload.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=FINAL if final else 0)
-            except Exception:  # the client is gone
-                with self.lock:
-                    self.engine.cancel(job)
-                continue
-            if final:
+            if self._send(job, tensors, FINAL if final else 0) and final:
                 self.m_outcome["done"].increment(1)
         with self.lock:
             self.lock.notify()
+
+    def _send(self, job, tensors, flags):
+        """One response of ``job``'s stream; False (and the job cancelled) when its client is gone."""
+        try:
+            job.payload.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
+            return True
+        except Exception:
+            with self.lock:
+                self.engine.cancel(job)
+            return False
 
     def _settle(self, job, outcome, message=None):
         """End a request that got no final response yet: an error when it failed, an empty final flag else."""

@@ -232,8 +232,9 @@ class ProgressiveExecution(Execution):
         async def one():  # a request for exit k runs k stages' features and one head: what Detect runs
             for e in g.exits:
                 t0 = time.perf_counter()
-                async for _ in self._stream(client, pixels, 60_000.0, (e, e)):
-                    samples[e].append((time.perf_counter() - t0) * 1e3)
+                async for exit, _ in self._stream(client, pixels, 60_000.0, (e, e)):
+                    if exit:
+                        samples[e].append((time.perf_counter() - t0) * 1e3)
         for _ in range(3):  # warm-up
             await one()
         for e in samples:
@@ -274,7 +275,8 @@ class ProgressiveExecution(Execution):
 
     async def _stream(self, client, pixels: np.ndarray, budget_ms: float, exits: tuple[int, int],
                       every_exit: bool = False):
-        """Yield (exit, outputs) as the progressive model sends them; ends after its final response. Without
+        """Yield (exit, outputs) as the progressive model sends them, and (0, None) once the request's first stage
+        is done; ends after its final response. Without
         ``every_exit`` the model computes only the head of the exit it answers with (and of any it needs as
         insurance), so fewer exits may come than a stream would see."""
         inputs = [triton_aio.InferInput("images", list(pixels.shape), "UINT8"),
@@ -292,10 +294,12 @@ class ProgressiveExecution(Execution):
             async for result, error in stream:
                 if error is not None:
                     raise error
-                exit = int(result.as_numpy("exit")[0])
-                if exit > 0:  # 0: the end marker of a request stopped before its deepest allowed exit
+                exit, final = int(result.as_numpy("exit")[0]), bool(result.as_numpy("final")[0])
+                if exit > 0:
                     yield exit, {n: result.as_numpy(n) for n in OUTPUT_NAMES}
-                if result.as_numpy("final")[0]:
+                elif not final:  # progress: the request's first stage is done
+                    yield 0, None
+                if final:  # (exit 0 and final: the end marker of a request stopped before its deepest exit)
                     return
         finally:
             stream.cancel()  # a no-op once the stream ended; otherwise the model drops the request's stages
@@ -318,10 +322,6 @@ class ProgressiveExecution(Execution):
         pending.dispatched = time.monotonic()
         best, failure = None, None  # the answer so far; what the request ends with if it gets none
         self.outstanding[address] += 1
-        # Its reservation is its work until its first useful exit. Heads are lazy, so that exit's detections may
-        # come only with the answer, long after the model did that work: release it once the work could be done.
-        release = asyncio.get_running_loop().call_later(
-            self.scheduler.profiles[address].expected(req.min_exit), self.scheduler.cancel, req)
         # Answer a little before the deadline (building and sending the answer takes that long, and longer when
         # the event loop runs late); the stages get what is left of the budget until then, less the request's round
         # trip to the model. The lag part of the margin takes at most half the slack beyond the time the first
@@ -338,9 +338,11 @@ class ProgressiveExecution(Execution):
             async with asyncio.timeout_at(_loop_time(answer_by)):
                 async for exit, outputs in self._stream(self.clients[address], pending.pixels, budget_ms, exits,
                                                         every_exit=pending.on_exit is not None):
+                    # Its reservation is its work until its first useful exit: done once its first stage is (heads
+                    # are lazy: that exit's detections may come only with the answer), or that exit came.
+                    self.scheduler.cancel(req)
                     if exit < req.min_exit:
                         continue
-                    self.scheduler.cancel(req)  # its reservation (work until its first useful exit) is done
                     best = (exit, address, outputs)
                     if pending.on_exit is not None:
                         pending.on_exit(exit, outputs)
@@ -357,7 +359,6 @@ class ProgressiveExecution(Execution):
         except Exception as e:  # never leave a caller waiting
             failure = Failure(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         finally:
-            release.cancel()
             self.outstanding[address] -= 1
             self.scheduler.cancel(req)
             if best is not None:

@@ -150,6 +150,8 @@ def test_a_cancelled_request_runs_no_further_stage(triton):
     first = queue.Queue()
     client.start_stream(callback=lambda result, error: first.put(result))
     client.async_stream_infer("anytime_progressive", _request(10_000), request_id="gone")
+    progress = first.get(timeout=30)  # the first stage is done
+    assert progress.as_numpy("exit")[0] == 0 and progress.as_numpy("final")[0] == 0
     assert first.get(timeout=30).as_numpy("exit")[0] == 1
     client.stop_stream(cancel_requests=True)  # the client goes away after its first exit
     deadline = time.monotonic() + 10
