@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/progressive.py [--parts overhead,throughput,trace,noise,memory]
 
 - ``overhead``: one request at a time, the deepest exit: upfront (the exit model, one call) against progressive
-  (every stage in turn), on the client's clock; p50 and the ratio (goal: at most 1.15x).
+  (every stage's features in turn, then exit K's head), on the client's clock; p50 and the ratio (goal: at most 1.15x).
 - ``throughput``: closed loop, 16 clients sending back to back with a loose budget for 15 s: answers per second,
   progressive with stage batching against upfront (goal: at least 1.5x).
 - ``trace``: the scheduler benchmark's trace (every val image, Poisson arrivals, budgets uniform in
