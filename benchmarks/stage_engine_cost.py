@@ -51,13 +51,14 @@ def cost_us(waiting: int, max_batch: int, decisions: int) -> float:
     while done < decisions:
         t0 = time.perf_counter()
         plan = engine.plan(now)
+        ended = []
         if plan.step is not None:
             seconds = engine.predict(plan.step, len(plan.jobs), 0.5)
             now += seconds
             ended = engine.ran(plan.step, plan.jobs, seconds, now)
         spent += time.perf_counter() - t0
         done += 1
-        gone = len(plan.finished) + len(plan.failed) + (len(ended) if plan.step is not None else 0)
+        gone = len(plan.finished) + len(plan.failed) + len(ended)
         for _ in range(max(gone, waiting - engine.waiting)):  # keep the number waiting steady
             engine.add(new_job(now, rng), now)
     return spent / decisions * 1e6

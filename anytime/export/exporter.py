@@ -119,6 +119,13 @@ def _export_stages(model, probe: torch.Tensor, verify: bool, progress) -> tuple[
     return features, heads
 
 
+def _has_split_stages(manifest: dict) -> bool:
+    """Whether the manifest has a progressive model of features and head graphs (an export from before stages
+    were split in two counts as having none: today's progressive model cannot serve it)."""
+    stages = (manifest.get("progressive") or {}).get("stages") or []
+    return bool(stages) and all("head" in s for s in stages)
+
+
 def _same_models(old: dict | None, exits: list[dict]) -> bool:
     return bool(old) and [e.get("sha256") for e in old.get("exits", [])] == [e["sha256"] for e in exits]
 
@@ -136,9 +143,7 @@ def ensure_exported(repository: str | Path, checkpoint: str | Path, replace_stal
     repository = Path(repository)
     if (repository / "manifest.json").exists():
         held = read_manifest(repository)
-        # an export from before stages were split into features and heads counts as having none
-        has_stages = "head" in ((held.get("progressive") or {}).get("stages") or [{}])[0] or not stages
-        if has_stages and (not replace_stale or held.get("checkpoint_sha256") == sha256_file(checkpoint)):
+        if (_has_split_stages(held) or not stages) and (not replace_stale or held.get("checkpoint_sha256") == sha256_file(checkpoint)):
             return repository
     progress(f"exporting {checkpoint} into {repository}/")
     model, meta = load_model(checkpoint)

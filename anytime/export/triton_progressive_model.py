@@ -7,9 +7,10 @@ runs); each exit's detections go back as their own response the moment its head 
 ``exit`` and ``final`` (1 on the request's last one; a request stopped before its deepest allowed exit ends with
 ``exit`` 0, ``final`` 1), so a client knows the stream is over without Triton's reserved empty-final-response
 parameter. A response with ``exit`` 0 and ``final`` 0 says that the request's first stage is done (the gateway
-frees the request's admission reservation then: with lazy heads, its first exit may come only with its answer). Between stages a request's
-features stay here, in this process's memory: they never cross the wire (measured against passing them through
-Triton's shared memory, see the README), and one copy of each stage's weights serves every request.
+frees the request's admission reservation then: with lazy heads, its first exit may come only with its answer).
+Between stages a request's features stay here, in this process's memory: they never cross the wire (measured
+against passing them through Triton's shared memory, see the README), and one copy of each stage's weights serves
+every request.
 
 A worker thread runs the stages; ``anytime.serving.progressive.StageEngine`` (pure logic, tested on a simulated
 clock) decides which step (a stage's features or an exit's head) runs next, for which requests together, and which

@@ -179,7 +179,6 @@ def verify_features(model, stage: int, onnx_bytes: bytes, inputs: tuple, tol: To
     """Check stage ``stage``'s features graph against PyTorch on ``inputs`` (images for stage 1, the previous
     stage's PyTorch features after that): every level within the tolerance. Returns PyTorch's features, the
     inputs to check the next stage and this stage's head with."""
-    import onnxruntime as ort
     import torch
 
     from anytime.export.onnx import features_io
@@ -188,9 +187,7 @@ def verify_features(model, stage: int, onnx_bytes: bytes, inputs: tuple, tol: To
     names_in, names_out = features_io(model, stage)
     with torch.no_grad():
         ref = FeaturesModel(model, stage).eval()(*inputs)
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    got = dict(zip([o.name for o in session.get_outputs()],
-                   session.run(None, {n: x.numpy() for n, x in zip(names_in, inputs)})))
+    got = _run_graph(onnx_bytes, {n: x.numpy() for n, x in zip(names_in, inputs)})
     if sorted(got) != sorted(names_out):
         raise Mismatch(f"the graph's outputs {sorted(got)} are not the stage's {sorted(names_out)}")
     for name, r in zip(names_out, ref):
@@ -213,12 +210,16 @@ def verify_head(model, exit: int, onnx_bytes: bytes, feats: tuple, tol: Toleranc
             dict(zip(OUTPUT_NAMES + CANDIDATE_NAMES, [t.numpy() for t in ref])), model.cfg, tol)
 
 
-def _verify(onnx_bytes: bytes, feed: dict, ref: dict, cfg, tol: Tolerance) -> None:
+def _run_graph(onnx_bytes: bytes, feed: dict) -> dict:
+    """Every output of the graph on ``feed`` in ONNX Runtime, by name."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    got = dict(zip(names, session.run(None, feed)))
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+
+
+def _verify(onnx_bytes: bytes, feed: dict, ref: dict, cfg, tol: Tolerance) -> None:
+    got = _run_graph(onnx_bytes, feed)
     if sorted(got) != sorted(ref):
         raise Mismatch(f"the graph's outputs {sorted(got)} are not the model's {sorted(ref)}")
     check_candidates(got["candidate_scores"], got["candidate_boxes"], ref["candidate_scores"], ref["candidate_boxes"],

@@ -117,6 +117,13 @@ class AnytimeRetinaNet(nn.Module):
         return postprocess(logits, deltas, self.anchors, c.image_size, c.score_thresh, c.nms_thresh,
                            c.topk_candidates, c.detections_per_img)
 
+    def _detections(self, logits: torch.Tensor, deltas: torch.Tensor, with_candidates: bool) -> tuple:
+        """Padded detections of raw head outputs, and with ``with_candidates`` every anchor's scores and boxes."""
+        detections = tuple(self._post(logits, deltas))
+        if with_candidates:
+            return (*detections, *candidates(logits, deltas, self.anchors, self.cfg.image_size))
+        return detections
+
     def forward(self, images: torch.Tensor, exit: int | None = None, with_candidates: bool = False):
         """Padded detections of one exit (deepest by default): boxes, scores, labels, count. Export uses this.
 
@@ -124,11 +131,7 @@ class AnytimeRetinaNet(nn.Module):
         from, for checking an exported graph against this one.
         """
         exit = exit or self.num_exits
-        logits, deltas = self.exit_outputs(images, [exit])[exit]
-        detections = self._post(logits, deltas)
-        if with_candidates:
-            return (*detections, *candidates(logits, deltas, self.anchors, self.cfg.image_size))
-        return detections
+        return self._detections(*self.exit_outputs(images, [exit])[exit], with_candidates)
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, exits: list[int] | None = None) -> dict[int, list[dict]]:
@@ -175,12 +178,7 @@ class HeadModel(nn.Module):
         self.model, self.exit, self.with_candidates = model, exit, with_candidates
 
     def forward(self, *feats: torch.Tensor):
-        m = self.model
-        logits, deltas = m.head_outputs(self.exit, list(feats))
-        out = tuple(m._post(logits, deltas))
-        if self.with_candidates:
-            out += tuple(candidates(logits, deltas, m.anchors, m.cfg.image_size))
-        return out
+        return self.model._detections(*self.model.head_outputs(self.exit, list(feats)), self.with_candidates)
 
 
 class ExitModel(nn.Module):

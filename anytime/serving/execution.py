@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import grpc
@@ -232,9 +233,8 @@ class ProgressiveExecution(Execution):
         async def one():  # a request for exit k runs k stages' features and one head: what Detect runs
             for e in g.exits:
                 t0 = time.perf_counter()
-                async for exit, _ in self._stream(client, pixels, 60_000.0, (e, e)):
-                    if exit:
-                        samples[e].append((time.perf_counter() - t0) * 1e3)
+                async for _ in self._stream(client, pixels, 60_000.0, (e, e)):
+                    samples[e].append((time.perf_counter() - t0) * 1e3)
         for _ in range(3):  # warm-up
             await one()
         for e in samples:
@@ -274,11 +274,11 @@ class ProgressiveExecution(Execution):
         return float(np.median(times))
 
     async def _stream(self, client, pixels: np.ndarray, budget_ms: float, exits: tuple[int, int],
-                      every_exit: bool = False):
-        """Yield (exit, outputs) as the progressive model sends them, and (0, None) once the request's first stage
-        is done; ends after its final response. Without
+                      every_exit: bool = False, on_first_stage: Callable[[], None] | None = None):
+        """Yield (exit, outputs) as the progressive model sends them; ends after its final response. Without
         ``every_exit`` the model computes only the head of the exit it answers with (and of any it needs as
-        insurance), so fewer exits may come than a stream would see."""
+        insurance), so fewer exits may come than a stream would see. ``on_first_stage`` is called when the model
+        says the request's first stage is done."""
         inputs = [triton_aio.InferInput("images", list(pixels.shape), "UINT8"),
                   triton_aio.InferInput("budget_ms", [1], "FP64"), triton_aio.InferInput("exits", [2], "INT32"),
                   triton_aio.InferInput("every_exit", [1], "INT32")]
@@ -297,8 +297,8 @@ class ProgressiveExecution(Execution):
                 exit, final = int(result.as_numpy("exit")[0]), bool(result.as_numpy("final")[0])
                 if exit > 0:
                     yield exit, {n: result.as_numpy(n) for n in OUTPUT_NAMES}
-                elif not final:  # progress: the request's first stage is done
-                    yield 0, None
+                elif not final and on_first_stage is not None:  # progress: the request's first stage is done
+                    on_first_stage()
                 if final:  # (exit 0 and final: the end marker of a request stopped before its deepest exit)
                     return
         finally:
@@ -336,11 +336,13 @@ class ProgressiveExecution(Execution):
         exits = (req.min_exit, req.max_exit or 0)
         try:
             async with asyncio.timeout_at(_loop_time(answer_by)):
+                # Its reservation is its work until its first useful exit: done once its first stage is (heads are
+                # lazy: that exit's detections may come only with the answer), or that exit came.
+                release = partial(self.scheduler.cancel, req)
                 async for exit, outputs in self._stream(self.clients[address], pending.pixels, budget_ms, exits,
-                                                        every_exit=pending.on_exit is not None):
-                    # Its reservation is its work until its first useful exit: done once its first stage is (heads
-                    # are lazy: that exit's detections may come only with the answer), or that exit came.
-                    self.scheduler.cancel(req)
+                                                        every_exit=pending.on_exit is not None,
+                                                        on_first_stage=release):
+                    release()
                     if exit < req.min_exit:
                         continue
                     best = (exit, address, outputs)

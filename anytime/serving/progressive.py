@@ -235,16 +235,15 @@ class StageEngine:
         features but no head for them moves to that head's queue now."""
         moved = []
         for step, queue in self._queues.items():
-            behind = [j for _, _, j in queue if j.state == "waiting" and not self._fits(j, free_at)
-                      and (j.answered or (j.next.kind == FEATURES and j.features > j.exit))]
-            for job in behind:
+            left = len(moved)
+            for job in [j for _, _, j in queue if j.state == "waiting" and not self._fits(j, free_at)]:
                 outcome = self._give_up(job, free_at)
                 if outcome == "failed":  # nothing to fall back on yet: it stays, plan() decides when it is due
                     continue
                 job.state = "moving"
                 self.waiting -= 1
                 moved.append((job, outcome))
-            if behind:
+            if len(moved) > left:
                 self._queues[step] = [e for e in queue if e[2].state == "waiting"]
                 heapq.heapify(self._queues[step])
         for job, outcome in moved:
@@ -303,7 +302,7 @@ class StageEngine:
             t += self.predict(first, len(chunk))
             for job in chunk:
                 tail = self._tail(self._path(job)[1:])
-                if t + tail > job.deadline and now + self._time_to(job) <= job.deadline:
+                if t + tail > job.deadline and now + self.predict(first) + tail <= job.deadline:
                     return False
         return True
 
@@ -354,7 +353,6 @@ class StageEngine:
         every waiting request with an earlier deadline, one call each (an upper bound where they would share)."""
         return sum(self.predict(step) for step, queue in self._queues.items()
                    for deadline, _, j in queue if j.state == "waiting" and deadline < job.deadline)
-        return Step(FEATURES, k + 1)
 
     def _after_head(self, job: Job, now: float) -> Step | None:
         return Step(FEATURES, job.features + 1) if self._deeper_fits(job, now) else None
