@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from anytime.export.onnx import INPUT_NAME, OUTPUT_NAMES, export_exit, export_features, export_head, served_graph
-from anytime.export.repository import (PROGRESSIVE_MODEL, ProgressiveModelConfig, model_name, read_manifest,
-                                       sha256_file, features_file, head_file, write_manifest, write_model_dir,
-                                       write_progressive_dir)
+from anytime.export.repository import (PROGRESSIVE_MODEL, ProgressiveModelConfig, features_file, head_file,
+                                       model_name, read_manifest, refresh_runners, sha256_file, write_manifest,
+                                       write_model_dir, write_progressive_dir)
 from anytime.export.verify import Mismatch, verify_features, verify_graph, verify_head
 
 MODEL_PREFIX = model_name(0)[:-1]  # "anytime_exit"
@@ -144,6 +144,9 @@ def ensure_exported(repository: str | Path, checkpoint: str | Path, replace_stal
     if (repository / "manifest.json").exists():
         held = read_manifest(repository)
         if (_has_split_stages(held) or not stages) and (not replace_stale or held.get("checkpoint_sha256") == sha256_file(checkpoint)):
+            replaced = refresh_runners(repository)
+            if replaced:
+                progress(f"{repository}/: updated the python runner of {', '.join(replaced)} to this version's")
             return repository
     progress(f"exporting {checkpoint} into {repository}/")
     model, meta = load_model(checkpoint)

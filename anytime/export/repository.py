@@ -233,6 +233,22 @@ def write_progressive_dir(repo: str | Path, config: ProgressiveModelConfig, feat
     return _write_model(repo, config.name, version, config.to_pbtxt(), files)
 
 
+def refresh_runners(repo: str | Path) -> list[str]:
+    """Bring every python model's ``model.py`` in ``repo`` up to this package's template, in place.
+
+    The runner is code of this package, copied next to the graphs at export time; an export made by an older
+    version of the package would otherwise keep serving the old runner (the graphs and configs stay valid).
+    Returns the models whose runner was replaced."""
+    repo = Path(repo)
+    replaced = []
+    for runner in sorted(repo.glob("*/[0-9]*/model.py")):
+        template = PROGRESSIVE_MODEL_TEMPLATE if runner.parent.parent.name == PROGRESSIVE_MODEL else PYTHON_MODEL_TEMPLATE
+        if runner.read_bytes() != template.read_bytes():
+            atomic_write(runner, template.read_text())
+            replaced.append(runner.parent.parent.name)
+    return replaced
+
+
 def _write_model(repo: str | Path, name: str, version: int, config_text: str, files: dict) -> Path:
     """Model ``name`` version ``version`` in ``repo`` with ``files`` (name -> bytes or a path to copy).
 

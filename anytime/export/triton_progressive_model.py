@@ -32,7 +32,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from anytime.serving.latency import LatencyProfile
-from anytime.serving.progressive import FEATURES, HEAD, Job, StageEngine, Step, step_key
+from anytime.serving.progressive import FEATURES, HEAD, REFUSED, Job, StageEngine, Step, step_key
 
 DETECTIONS = ("boxes", "scores", "labels", "num_detections")
 DTYPES = {"boxes": np.float32, "scores": np.float32, "labels": np.int64, "num_detections": np.int64}
@@ -152,7 +152,7 @@ class TritonPythonModel:
                 accepted = self.engine.add(job, now)
                 self.lock.notify()
             if not accepted:
-                self._settle(job, "failed", "no exit can be computed within the budget")
+                self._settle(job, "failed", REFUSED[job.state])
         return None
 
     # -- the worker -----------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable
 
 import grpc
@@ -28,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from anytime.serving.latency import LatencyProfile
 from anytime.serving.measure import OUTPUT_NAMES, infer_exit, time_calls, time_triton
+from anytime.serving.progressive import REFUSED
 from anytime.serving.scheduler import Request, Scheduler, SchedulerConfig
 
 log = logging.getLogger("anytime.gateway")
@@ -72,7 +72,7 @@ def _unreachable(e: InferenceServerException) -> bool:
 
 
 # what the progressive model says when a request's budget cannot give it its first exit
-_OUT_OF_TIME = ("no exit can be computed", "deadline passed")
+_OUT_OF_TIME = (REFUSED["failed"], "deadline passed")
 
 
 def triton_failure(gateway, address: str, e: InferenceServerException) -> Failure:
@@ -81,6 +81,8 @@ def triton_failure(gateway, address: str, e: InferenceServerException) -> Failur
     if _unreachable(e):
         gateway.set_endpoint(address, False)
         return unavailable(f"inference server {address}: {message}")
+    if REFUSED["refused"] in message:  # the progressive model's own admission: the load, not the budget
+        return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"inference server {address}: {message}")
     late = "DEADLINE" in str(e.status()) or any(m in message for m in _OUT_OF_TIME)
     return Failure(grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.INTERNAL,
                    f"inference server {address}: {message}")
@@ -214,6 +216,8 @@ class ProgressiveExecution(Execution):
         self.parallelism = 1.0  # first stages served at once, in effect, thanks to stage batching (measured)
         self.outstanding = {address: 0 for address in self.config.endpoints}
         self.transport = {address: 0.0 for address in self.config.endpoints}  # seconds, see _round_trip
+        # seconds until the model says a request's first stage is done, measured at calibration (see _run)
+        self.first_stage = {address: 0.0 for address in self.config.endpoints}
 
     def scheduler_config(self) -> SchedulerConfig:
         """Admission only: a request's reservation is its work until its first useful exit, drained by the
@@ -229,18 +233,22 @@ class ProgressiveExecution(Execution):
         g, c = self.gateway, self.config
         pixels = np.zeros((1, 3, g.image_size, g.image_size), np.uint8)
         samples: dict[int, list[float]] = {e: [] for e in g.exits}
+        first_stage: list[float] = []  # ms until the model says a first-exit request's first stage is done
 
         async def one():  # a request for exit k runs k stages' features and one head: what Detect runs
             for e in g.exits:
                 t0 = time.perf_counter()
-                async for _ in self._stream(client, pixels, 60_000.0, (e, e)):
+                mark = (lambda t0=t0: first_stage.append((time.perf_counter() - t0) * 1e3)) if e == g.exits[0] else None
+                async for _ in self._stream(client, pixels, 60_000.0, (e, e), on_first_stage=mark):
                     samples[e].append((time.perf_counter() - t0) * 1e3)
         for _ in range(3):  # warm-up
             await one()
         for e in samples:
             samples[e].clear()
+        first_stage.clear()
         await time_calls(one, c.calibration_runs, 0)
         first = float(np.median(samples[g.exits[0]])) / 1e3
+        self.first_stage[address] = float(np.median(first_stage)) / 1e3 if first_stage else 0.0
         batch = max(1, self.max_stage_batch)
 
         async def first_exit_only():
@@ -252,16 +260,17 @@ class ProgressiveExecution(Execution):
         self.parallelism = max(1.0, throughput * first)
         self.transport[address] = await self._round_trip(client, pixels)
         self.priors[address] = "calibrated"
-        log.info("endpoint %s: progressive, %s; stage batching serves about %.1f first stages at once; a request's "
-                 "round trip without compute takes %.1f ms", address,
-                 ", ".join(f"exit {e} p50 {np.percentile(s, 50):.1f} ms" for e, s in samples.items()), self.parallelism,
-                 self.transport[address] * 1e3)
+        log.info("endpoint %s: progressive, %s; a first stage is done after %.1f ms; "
+                 "stage batching serves about %.1f first stages at once; a request's round trip without compute takes "
+                 "%.1f ms", address, ", ".join(f"exit {e} p50 {np.percentile(s, 50):.1f} ms" for e, s in samples.items()),
+                 self.first_stage[address] * 1e3, self.parallelism, self.transport[address] * 1e3)
         return LatencyProfile.from_samples(samples, quantile=c.scheduler.quantile)
 
     async def _round_trip(self, client, pixels: np.ndarray, runs: int = 7) -> float:
         """Seconds from sending a request to the progressive model to its answer, without any compute: the model
         refuses a budget of a microsecond at once. The model counts a budget from when the request reaches it
-        and plans its answer to leave by the end of it, so the gateway gives it the budget less this trip."""
+        and plans its answer to leave its own margin before the end of it (for the way back), so the gateway gives
+        it the budget less half this trip (the way there)."""
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -332,17 +341,23 @@ class ProgressiveExecution(Execution):
         first_needs = self.scheduler.profiles[address].predict(req.min_exit)
         margin = base + min(g.loop_lag.recent_s(now), max(0.0, left - base - first_needs) / 2)
         answer_by = req.deadline - margin
-        budget_ms = max((answer_by - now - self.transport[address]) * 1e3, 1e-3)  # none left: the model refuses
+        # The model counts the budget from when the request reaches it (half the round trip: the way back is
+        # in the model's own margin), and refuses it at once when none is left.
+        budget_ms = max((answer_by - now - self.transport[address] / 2) * 1e3, 1e-3)
         exits = (req.min_exit, req.max_exit or 0)
         try:
             async with asyncio.timeout_at(_loop_time(answer_by)):
-                # Its reservation is its work until its first useful exit: done once its first stage is (heads are
-                # lazy: that exit's detections may come only with the answer), or that exit came.
-                release = partial(self.scheduler.cancel, req)
+                # Its reservation is its work until its first useful exit. Once its first stage is done, what is
+                # left of it is a head (heads are lazy: the answer's head may run only at the end, and the model
+                # keeps time for it before any deeper stage); it is gone once an exit came.
+                def first_stage_done():
+                    whole = self.scheduler.profiles[address].expected(req.min_exit)
+                    left = max(whole - self.first_stage[address], 0.05 * whole)
+                    self.scheduler.progress(req, left / whole, time.monotonic())
                 async for exit, outputs in self._stream(self.clients[address], pending.pixels, budget_ms, exits,
                                                         every_exit=pending.on_exit is not None,
-                                                        on_first_stage=release):
-                    release()
+                                                        on_first_stage=first_stage_done):
+                    self.scheduler.cancel(req)
                     if exit < req.min_exit:
                         continue
                     best = (exit, address, outputs)

@@ -11,6 +11,13 @@ level and costs about three pyramid networks of the default model, so running ev
 exit 4 costs 2.2x the multiply-adds of exit 4 alone (``anytime info``). A request that will go deeper skips the
 head of the stage it just finished; a stream of refinements (``every_exit``) runs every head.
 
+Admission, when a request arrives (``add``): the gateway has admitted it against its own estimate of the load,
+but only the engine sees how fast the stages run under that load and which requests past their first stage still
+need a head. A request whose fastest plausible first exit misses its budget fails at once (the budget's fault,
+whatever the load). Otherwise, unless it is alone, it is refused as overload when its first exit, served earliest
+deadline first after the call running now and the mandatory work (below) of the requests due before it, misses at
+the median, or when it would make a waiting request's answer late.
+
 Decisions, each time the executor is free (``plan``):
 
 - **Going on or answering.** After stage k's features, a request goes on to stage k+1 when stage k+1's features
@@ -19,12 +26,16 @@ Decisions, each time the executor is free (``plan``):
   quantile) or the work that waits before it (earlier deadlines): one head, paid only when the slack is small,
   so that a wrong guess or a burst costs depth, not the answer.
 - **Giving up.** A waiting request whose next step can no longer fit falls back: to the head of the features it
-  has, else to the exit it has, else (no exit at all) it has failed. A request without an answer is given up only
-  when even the median prediction misses (a first exit is the difference between an answer and none); a
-  request with one goes deeper only at the planning quantile. A request alone in the engine is tried while the
-  fastest plausible time fits: then trying costs nobody else anything.
-- **Order.** Earliest deadline first across steps. A step of requests that have their answer yields to other
-  requests' first stages when running it first would make one of them miss its first exit.
+  has, else to the exit it has, else (no exit at all) it has failed. An admitted request without an answer is
+  given up only when even the median prediction misses (a first exit is the difference between an answer and
+  none); a request with one goes deeper only at the planning quantile. A request alone in the engine is tried
+  while the fastest plausible time fits: then trying costs nobody else anything.
+- **Order.** Earliest deadline first across steps, with answers before depth: a request's *mandatory* work is
+  what it needs for an answer (its first useful exit, or the head of features it may answer with), the rest is
+  optional. An optional step (deeper features of a request that has or could have an answer) runs only when it
+  leaves every waiting request's mandatory work in time, served earliest deadline first; otherwise the
+  earliest-deadline mandatory step runs instead (slack stealing, ``_harmed``). Admission counts the same
+  mandatory work, so depth does not cost an admitted request its answer.
 - **Batching.** At the chosen step, the call takes the batch size under which the most waiting requests reach
   their next useful exit in time when the queue is served in calls of that size (a larger batch takes longer, so
   it can block the requests behind it past their deadlines; among sizes that serve as many, the one with the
@@ -39,6 +50,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -46,6 +58,10 @@ from anytime.serving.latency import LatencyProfile
 
 _seq = itertools.count()
 FEATURES, HEAD = "features", "head"
+# why ``add`` turned a request away, by its state; the gateway answers DEADLINE_EXCEEDED for the first (the budget
+# is too small), RESOURCE_EXHAUSTED for the second (the load)
+REFUSED = {"failed": "no exit can be computed within the budget",
+           "refused": "overloaded: the work queued before it leaves no first exit within the budget"}
 
 
 class Step(NamedTuple):
@@ -108,6 +124,7 @@ class StageEngine:
         self._queues: dict[Step, list[tuple[float, int, Job]]] = {s: [] for s in steps}
         self.waiting = 0
         self.running = 0  # requests in the call being run
+        self.busy_until = 0.0  # when the call being run is expected to end
         self.step_runs = {s: 0 for s in steps}
 
     # -- the latency model ---------------------------------------------------------------------------------
@@ -152,15 +169,41 @@ class StageEngine:
 
     # -- requests -------------------------------------------------------------------------------------------
     def add(self, job: Job, now: float) -> bool:
-        """Queue a new request at its first stage; False (and the job failed) when even that cannot fit."""
+        """Queue a new request at its first stage, or refuse it (False): ``job.state`` is "failed" when its budget
+        cannot give it a first exit (``_fits``), "refused" when the load leaves no room for one (``_room_for``)."""
         self.profile.tick(now)
         job.max_exit = min(job.max_exit, self.num_stages)
         job.next, job.state = Step(FEATURES, 1), "new"
-        if job.min_exit > job.max_exit or not self._fits(job, now):
-            job.state = "failed"
+        if job.min_exit > job.max_exit or now + self._time_to(job, 1, self.alone_quantile) > job.deadline:
+            job.state = "failed"  # not even the fastest plausible time fits: the budget, whatever the load
+            return False
+        if not self._room_for(job, now):
+            job.state = "refused"
             return False
         self._push(job)
         return True
+
+    def _room_for(self, job: Job, now: float) -> bool:
+        """Admission against the load the engine sees, which the gateway's admission only estimates (it never sees
+        how fast the stages run under load, nor the heads that requests past their first stage still need): the
+        new request's answer, served earliest deadline first after the call running now and the mandatory work of
+        the requests due before it, must end in time at the median (the quantile at which an admitted request is
+        kept: at the planning quantile this engine refused twice the requests the upfront gateway sheds, on the
+        same trace), and it must make no waiting request's answer late. Alone, it is tried while its fastest plausible time fits: then trying costs nobody
+        anything."""
+        if self.running == 0 and self.waiting == 0:
+            return True
+        start = max(now, self.busy_until) if self.running else now
+        order, need, sizes = self._answers(job)
+        before = start
+        for j in order:
+            if j is job:
+                break
+            before += self._work(need[j.id], sizes)
+        if before + self._work(need[job.id], sizes, False, self.hope_quantile) + self.margin > job.deadline:
+            return False
+        mine = (job.deadline, job.id)
+        return not any((j.deadline, j.id) > mine for j in self._harmed(self._work(need[job.id], sizes), start))
 
     def cancel(self, job: Job) -> None:
         """The client went away: drop the request wherever it is (lazily, when its queue reaches it)."""
@@ -207,10 +250,11 @@ class StageEngine:
             return plan
         step = min(fronts, key=lambda s: (fronts[s].deadline, -self.key(s)))
         jobs = self._batch(step, now)
-        first = Step(FEATURES, 1)
-        if step != first and first in fronts and all(j.answered for j in jobs) \
-                and not self._first_exits_survive(now + self.predict(step, len(jobs)), now):
-            step, jobs = first, self._batch(first, now)
+        if all(self._optional(step, j) for j in jobs):
+            harmed = self._harmed(self.predict(step, len(jobs)), now)
+            if harmed:
+                step = self._mandatory_instead(fronts, harmed[0])
+                jobs = self._batch(step, now)
         plan.step, plan.jobs = step, jobs
         for job in plan.jobs:
             self._queues[step].remove((job.deadline, job.id, job))
@@ -218,6 +262,7 @@ class StageEngine:
         heapq.heapify(self._queues[step])
         self.waiting -= len(plan.jobs)
         self.running = len(plan.jobs)
+        self.busy_until = now + self.profile.expected(self.key(step), len(plan.jobs))
         self._stop_behind(now + self.predict(step, len(plan.jobs)), plan)
         return plan
 
@@ -290,21 +335,79 @@ class StageEngine:
             t = end + tail
         return count, total
 
-    def _first_exits_survive(self, start: float, now: float) -> bool:
-        """Whether every request still waiting for its first stage gets its first exit in time if that stage
-        starts at ``start`` (in deadline order, in full batches); requests that could not make it anyway do not
-        count."""
-        first = Step(FEATURES, 1)
-        waiting = [j for _, _, j in sorted(self._queues[first]) if j.state == "waiting"]
-        t = start
-        for i in range(0, len(waiting), self.max_batch):
-            chunk = waiting[i:i + self.max_batch]
-            t += self.predict(first, len(chunk))
-            for job in chunk:
-                tail = self._tail(self._path(job)[1:])
-                if t + tail > job.deadline and now + self.predict(first) + tail <= job.deadline:
-                    return False
-        return True
+    # -- what a request cannot do without, and what it may do in the slack ------------------------------------
+    def _mandatory(self, job: Job) -> list[Step]:
+        """The steps ``job`` needs for an answer if it stops going deeper as soon as it may: none once it has one;
+        the head of the features it has when it has features it may answer with (going deeper is optional);
+        else the way to its first useful exit."""
+        if job.answered:
+            return []
+        if job.next.kind == HEAD:
+            return [job.next]
+        if job.features >= job.min_exit:
+            return [Step(HEAD, job.features)]
+        return self._path(job)
+
+    @staticmethod
+    def _optional(step: Step, job: Job) -> bool:
+        """Whether running ``step`` for ``job`` only deepens an answer it has or could have (its fallback)."""
+        return step.kind == FEATURES and (job.answered or job.features >= job.min_exit)
+
+    def _harmed(self, delay: float, now: float) -> list[Job]:
+        """The waiting requests (in deadline order) whose mandatory work, served earliest deadline first from
+        ``now``, ends in time but would not after ``delay`` seconds of other work (an optional step's: the requests
+        that take it keep their mandatory work, a head either way).
+
+        This is slack stealing from real-time scheduling of imprecise computations (Liu et al.): every admitted
+        request's answer is mandatory, depth is optional and runs only in the slack the answers leave. The work
+        before a request counts at its mean (the gateway's admission counts it so too), the request's own at the
+        median: the quantile at which an admitted request without an answer is still tried (``_fits``); at the
+        planning quantile, the noise of short steps on a busy CPU (p95 about twice the median here) would make
+        nearly every waiting request look at risk and leave no depth. Requests that would miss either way do not
+        veto anything."""
+        order, need, sizes = self._answers()
+        before, harmed = now, []
+        for job in order:
+            slack = job.deadline - self.margin - before - self._work(need[job.id], sizes, False, self.hope_quantile)
+            if 0 <= slack < delay:
+                harmed.append(job)
+            before += self._work(need[job.id], sizes)
+        return harmed
+
+    def _answers(self, new: Job | None = None) -> tuple[list[Job], dict[int, list[Step]], dict[Step, int]]:
+        """The waiting requests (and ``new``) that still need an answer, in deadline order; the mandatory steps of
+        each; and how many requests share each of those steps, up to a call's batch."""
+        jobs = [j for q in self._queues.values() for _, _, j in q if j.state == "waiting"] + ([new] if new else [])
+        need = {j.id: self._mandatory(j) for j in jobs}
+        sizes = Counter(s for steps in need.values() for s in steps)
+        order = sorted((j for j in jobs if need[j.id]), key=lambda j: (j.deadline, j.id))
+        return order, need, {s: min(n, self.max_batch) for s, n in sizes.items()}
+
+    def _work(self, steps: list[Step], sizes: dict[Step, int], mean: bool = True,
+              quantile: float | None = None) -> float:
+        """Seconds of ``steps`` for one request in calls of ``sizes[step]`` requests: its share of each call's mean
+        (what the requests after it wait: stage batching shares a call's time), or, for the request's own answer,
+        each call at ``quantile`` (default: the planning quantile), alone (``_batch`` shares a call only when its
+        earliest deadline fits)."""
+        if mean:
+            return sum(self.profile.expected(self.key(s), sizes[s]) / sizes[s] for s in steps)
+        return sum(self.predict(s, 1, quantile) for s in steps)
+
+    def _mandatory_instead(self, fronts: dict[Step, Job], harmed: Job) -> Step:
+        """What runs instead of an optional step that would make ``harmed`` miss its answer: the earliest-deadline
+        step that some request cannot do without; when none waits at the front of its queue, ``harmed`` falls back
+        to the head of the features it has (it waits at an optional step: its mandatory work is that head)."""
+        mandatory = [s for s, j in fronts.items() if not self._optional(s, j)]
+        if mandatory:
+            return min(mandatory, key=lambda s: (fronts[s].deadline, -self.key(s)))
+        head = Step(HEAD, harmed.features)
+        queue = self._queues[harmed.next]
+        queue.remove((harmed.deadline, harmed.id, harmed))
+        heapq.heapify(queue)
+        self.waiting -= 1
+        harmed.next = head
+        self._push(harmed)
+        return head
 
     def ran(self, step: Step, jobs: list[Job], seconds: float, now: float) -> list[Job]:
         """A call of ``step`` on ``jobs`` finished after ``seconds``: learn its latency, move each job on.

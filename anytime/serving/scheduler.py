@@ -52,6 +52,7 @@ class Request:
     state: str = "new"  # new -> queued (admitted: its place reserved) -> running -> gone (or queued -> gone)
     ready: bool = False  # its input is prepared: it may be dispatched
     protected: bool = True  # its deadline vetoes decisions that would make it late (off once it is late anyway)
+    share: float = 1.0  # of its work still to do (progressive execution: after its first stage, its answer's head)
 
     @property
     def key(self) -> tuple[float, int]:
@@ -135,7 +136,7 @@ class Scheduler:
             base = self.profiles[endpoint].expected(exit)
         else:
             base = self.profiles[endpoint].predict(exit)
-        return base + (self.config.gap_ms if expected else self.config.margin_ms) / 1000.0
+        return base * req.share + (self.config.gap_ms if expected else self.config.margin_ms) / 1000.0
 
     def _endpoints(self) -> list[str]:
         return sorted(self.available) if self.available else sorted(self.profiles)
@@ -341,6 +342,16 @@ class Scheduler:
         a.request.state = "gone"
         if latency is not None and self._latency_fn is None:
             self.profiles[a.endpoint].observe(a.exit, latency, now, censored=censored)
+
+    def progress(self, req: Request, share: float, now: float) -> None:
+        """Part of an admitted request's work is done outside the queue's view (progressive execution runs its
+        first stage and says so): its reservation keeps ``share`` of its work, what it still needs for an answer."""
+        if req.state != "queued" or share >= req.share:
+            return
+        ref, _, m = self._tick(now)
+        self._tree.remove(req.key)
+        req.share = max(share, 0.0)
+        self._insert(req, ref, m)
 
     def cancel(self, req: Request) -> bool:
         """Drop an admitted request that has not started (its client went away, or its input was bad)."""

@@ -13,9 +13,12 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from anytime.export import repository
 from anytime.export.repository import (
+    PROGRESSIVE_MODEL,
+    PROGRESSIVE_MODEL_TEMPLATE,
     PYTHON_MODEL_TEMPLATE,
     model_name,
     read_manifest,
+    refresh_runners,
     sha256_file,
     write_manifest,
     write_model_dir,
@@ -119,6 +122,19 @@ def test_rewrite_replaces_the_version(tmp_path, tiny_detector_onnx):
     assert parse(model_dir / "config.pbtxt").max_batch_size == 4
     assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2", "config.pbtxt"]
     assert hidden_entries(tmp_path) == []
+
+
+def test_an_older_exports_python_runners_are_brought_up_to_this_version(tmp_path, tiny_detector_onnx):
+    write_model_dir(tmp_path, model_name(1), tiny_detector_onnx(S, D), image_size=S, max_detections=D)
+    old = tmp_path / PROGRESSIVE_MODEL / "1" / "model.py"  # as an older version of the package wrote it
+    old.parent.mkdir(parents=True)
+    old.write_text("# an older runner\n")
+    graph = (tmp_path / model_name(1) / "1" / "model.onnx").read_bytes()
+    assert refresh_runners(tmp_path) == [PROGRESSIVE_MODEL]
+    assert old.read_bytes() == PROGRESSIVE_MODEL_TEMPLATE.read_bytes()
+    assert (tmp_path / model_name(1) / "1" / "model.py").read_bytes() == PYTHON_MODEL_TEMPLATE.read_bytes()
+    assert (tmp_path / model_name(1) / "1" / "model.onnx").read_bytes() == graph
+    assert refresh_runners(tmp_path) == []
 
 
 def test_rewrite_without_renameat2_falls_back(tmp_path, tiny_detector_onnx, monkeypatch):

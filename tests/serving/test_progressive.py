@@ -96,21 +96,78 @@ def test_with_no_answer_yet_and_little_slack_the_head_runs_first_as_insurance():
     assert [c[0] for c in run_to_end(e)[0]] == [f(1), f(2), f(3), h(3)]
 
 
-def test_a_request_without_an_answer_is_tried_while_the_median_fits_or_the_fastest_when_alone():
-    def spread(ms):
-        return {"samples_ms": [ms * r for r in (0.6, 0.8, 1.0, 1.2, 1.4)]}
+def spread(ms):
+    return {"samples_ms": [ms * r for r in (0.6, 0.8, 1.0, 1.2, 1.4)]}
 
-    def busy():  # another request waits: trying a long shot would cost it
+
+def test_a_new_request_is_admitted_while_its_median_fits_unless_it_is_alone():
+    def busy():  # another request waits: a long shot would cost it
         e = engine(stats=spread)
         e.add(job(100), 0.0)
         return e
     e = busy()
     assert e.predict(f(1)) + e.predict(h(1)) > 10.5 * MS  # the planning quantile says exit 1 needs more ...
     assert e.add(job(10.5), 0.0)  # ... but the median fits: the request gets its chance
-    assert not busy().add(job(8), 0.0)
+    long_shot = job(8)
+    assert not busy().add(long_shot, 0.0) and long_shot.state == "refused"
     assert engine(stats=spread).add(job(8), 0.0)  # alone: tried while the fastest plausible time (6 ms) fits
-    assert not engine(stats=spread).add(job(5.5), 0.0)
+    too_small = job(5.5)
+    assert not engine(stats=spread).add(too_small, 0.0) and too_small.state == "failed"
 
+
+def test_an_admitted_request_is_tried_while_its_median_fits():
+    e = engine(stats=spread)
+    j = job(14)
+    assert e.add(j, 0.0) and e.add(job(100), 0.0)
+    # f1 ran slow (9 ms, not 6): the head's planning quantile (5.5 ms) no longer fits, its median (4 ms) does
+    e.ran(e.plan(0.0).step, [j], 0.009, 0.009)
+    assert 0.009 + e.predict(h(1)) > j.deadline
+    plan = e.plan(0.009)
+    assert plan.step == h(1) and plan.jobs == [j] and not plan.failed
+
+
+def test_admission_counts_the_answers_due_before_and_spares_those_due_after():
+    e = engine(max_batch=1)
+    assert e.add(job(30), 0.0)  # alone
+    due_first = job(15)  # exit 1 (10 ms) before the first request's: both in time
+    assert e.add(due_first, 0.0)
+    behind = job(18)  # 10 ms due before it, and its own 10 ms: 20 > 18
+    assert not e.add(behind, 0.0) and behind.state == "refused"
+    cutting_in = job(12)  # fits alone, but pushes due_first's answer to 20 ms > 15
+    assert not e.add(cutting_in, 0.0) and cutting_in.state == "refused"
+    calls, _, finished, failed = run_to_end(e)
+    assert len(finished) == 2 and not failed
+
+
+def test_depth_runs_in_the_slack_that_answers_leave():
+    """A request that could answer (it has stage 1's features) goes deeper only while every waiting request's answer
+    stays in time; otherwise an answer runs first."""
+    e = engine(max_batch=1)
+    deep = job(30)
+    e.add(deep, 0.0)
+    e.ran(e.plan(0.0).step, [deep], 0.006, 0.006)
+    assert deep.next == f(2) and not deep.answered  # it will answer with a deeper head
+    n1, n2 = job(25, now=0.006), job(26, now=0.006)  # due at 31 and 32 ms, each needing f1 + h1 (10 ms)
+    assert e.add(n1, 0.006) and e.add(n2, 0.006)  # deep's head (4 ms), n1, n2: in time, n2 with 2 ms to spare
+    plan = e.plan(0.006)  # EDF alone would run deep's f2 (4 ms) and leave n2 late
+    assert plan.step == f(1) and plan.jobs == [n1]
+    e.ran(plan.step, plan.jobs, 0.006, 0.012)
+    calls, _, finished, failed = run_to_end(e, 0.012)
+    assert not failed and {j.id for j in finished} >= {n1.id, n2.id, deep.id}
+
+
+def test_a_request_falls_back_to_its_head_when_another_requests_depth_would_cost_its_answer():
+    e = engine(max_batch=1)
+    b, a = job(38 - 29, now=0.029), job(40 - 29, now=0.029)  # due at 38 and 40 ms
+    for j in (b, a):  # both have stage 1's features and wait to go deeper (a state set directly)
+        j.features, j.next = 1, f(2)
+        e._push(j)
+    # b's f2 + h2 (8 ms) fit its deadline, but after them a's head (4 ms) would end at 41 ms
+    plan = e.plan(0.029)
+    assert plan.step == h(1) and plan.jobs == [a]
+    e.ran(plan.step, plan.jobs, 0.004, 0.033)
+    calls, _, finished, failed = run_to_end(e, 0.033)
+    assert not failed and a.exit == 1 and b.exit == 1  # b then falls back too: its f2 + h2 no longer fit
 
 def test_a_budget_below_the_first_exit_fails_at_once():
     e = engine()

@@ -267,3 +267,18 @@ def test_a_request_that_would_miss_on_the_free_slow_endpoint_waits_for_the_fast_
     s.complete(first, now=0.015, latency=0.015)
     (a,), _ = s.dispatch(0.015)
     assert a.request is tight and a.endpoint == "fast"
+
+
+def test_a_request_whose_first_stage_is_done_keeps_only_what_it_still_needs_reserved():
+    """Progressive execution reports a request's first stage done; its reservation shrinks to the rest (a head),
+    and the room it frees admits another request."""
+    s = sched(fixed_exit=1)
+    first = [Request(deadline=35 * MS, arrival=0.0) for _ in range(3)]
+    for r in first:  # three first exits of 10 ms each fill the 35 ms
+        s.admit(r, now=0.0)
+    with pytest.raises(Rejected):
+        s.admit(Request(deadline=35 * MS, arrival=0.0), now=0.0)
+    s.progress(first[0], 0.4, now=0.0)  # 6 of its 10 ms done: 4 ms left
+    s.progress(first[0], 0.9, now=0.0)  # a share never grows back
+    assert first[0].share == 0.4
+    s.admit(Request(deadline=35 * MS, arrival=0.0), now=0.0)
