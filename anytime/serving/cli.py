@@ -146,6 +146,11 @@ def run_triton(args: argparse.Namespace) -> int:
     from anytime.serving.triton import TritonServer, TritonServerError, port_is_free
 
     models = check_repository(args.repository)
+    from anytime.export.repository import refresh_runners
+
+    replaced = refresh_runners(args.repository)  # an export by an older version keeps its graphs, not its runners
+    if replaced:
+        print(f"updated the python runner of {', '.join(replaced)} to this version's", flush=True)
     if args.load_model and args.model_control_mode != "explicit":
         raise UserError("--load-model needs --model-control-mode explicit")
     ports = {"--http-port": args.http_port, "--grpc-port": args.grpc_port, "--metrics-port": args.metrics_port}
