@@ -132,6 +132,23 @@ def busy_loop(start_at: float, stop_at: float) -> None:
         pass
 
 
+def trace_settings(address: str) -> tuple[dict, dict, float, str]:
+    """The upfront gateway's profile at ``address`` as (p50, p95) ms per exit, the capacity (requests/s at the
+    deepest exit's p50) that loads are a share of, and the trace's budgets: uniform in [2 x p95(exit 1),
+    4 x p95(deepest)]."""
+    profile = model_info(address).endpoints[0].profile
+    p50 = {p.exit: p.p50_ms for p in profile}
+    p95 = {p.exit: p.p95_ms for p in profile}
+    first, deepest = min(p95), max(p95)
+    return p50, p95, 1000.0 / p50[deepest], f"uniform:{2 * p95[first]:.2f}:{4 * p95[deepest]:.2f}"
+
+
+def admitted_records(records) -> list:
+    """The requests not refused on arrival (overload, or a budget below the first exit's predicted latency)."""
+    return [r for r in records if r.status == "OK" or r.status == "DEADLINE_EXCEEDED" and
+            "below the fastest exit" not in r.error]
+
+
 def run_trace(address: str, dataset, budgets: str, rate: float, n: int, seed: int, noise: bool) -> dict:
     from anytime.clients.loadgen import evaluate_results, plan_trace, run_setting
 
@@ -147,9 +164,7 @@ def run_trace(address: str, dataset, budgets: str, rate: float, n: int, seed: in
         if hog is not None:
             hog.join()
     summary = evaluate_results(result, dataset.coco)
-    # admitted: not refused on arrival (overload, or a budget below the first exit's predicted latency)
-    admitted = [r for r in result.records if r.status == "OK" or r.status == "DEADLINE_EXCEEDED" and
-                "below the fastest exit" not in r.error]
+    admitted = admitted_records(result.records)
     summary["admitted"] = len(admitted)
     summary["admitted_met_rate"] = (sum(r.budget_met for r in admitted) / len(admitted)) if admitted else None
     return summary
@@ -233,12 +248,8 @@ def main() -> int:
     report: dict = {}
 
     with stack_for(args.repository, "upfront") as s:
-        info = model_info(s.address)
-        p95 = {p.exit: p.p95_ms for p in info.endpoints[0].profile}
-        p50 = {p.exit: p.p50_ms for p in info.endpoints[0].profile}
+        p50, p95, capacity, budgets = trace_settings(s.address)
     exits = sorted(p95)
-    capacity = 1000.0 / p50[exits[-1]]
-    budgets = f"uniform:{2 * p95[exits[0]]:.2f}:{4 * p95[exits[-1]]:.2f}"
     n = args.requests or len(dataset)
     report["profile"] = {"p50_ms": p50, "p95_ms": p95, "capacity_rps": capacity, "budgets": budgets}
     log(f"upfront profile p50 {p50}, capacity {capacity:.1f}/s at exit {exits[-1]}, budgets {budgets}")

@@ -50,11 +50,7 @@ def main() -> int:
     ensure_exported(args.repository, DEFAULT_CHECKPOINT)
     dataset = open_dataset(ensure_default(DEFAULT_DATA_DIR))
     with bench.stack_for(args.repository, "upfront") as s:
-        profile = bench.model_info(s.address).endpoints[0].profile
-    p95 = {p.exit: p.p95_ms for p in profile}
-    p50 = {p.exit: p.p50_ms for p in profile}
-    capacity = 1000.0 / p50[max(p50)]
-    budgets = f"uniform:{2 * p95[min(p95)]:.2f}:{4 * p95[max(p95)]:.2f}"
+        p50, _, capacity, budgets = bench.trace_settings(s.address)
     print(f"capacity {capacity:.1f}/s at exit {max(p50)}, budgets {budgets} ms, {args.requests} requests per row")
     work = Path(tempfile.mkdtemp(prefix="anytime-outcomes-"))
     try:
@@ -72,9 +68,7 @@ def main() -> int:
 
 
 def report(mode: str, load: float, records) -> None:
-    refused_at_once = [r for r in records if r.status == "RESOURCE_EXHAUSTED"
-                       or r.status == "DEADLINE_EXCEEDED" and "below the fastest exit" in r.error]
-    admitted = [r for r in records if r not in refused_at_once and r.status in ("OK", "DEADLINE_EXCEEDED")]
+    admitted = bench.admitted_records(records)
     met = sum(r.budget_met for r in records) / len(records)
     met_admitted = sum(r.budget_met for r in admitted) / max(len(admitted), 1)
     exits = sorted(collections.Counter(r.exit for r in records if r.status == "OK").items())

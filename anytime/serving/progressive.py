@@ -161,16 +161,21 @@ class StageEngine:
         request anything)."""
         if job.answered:
             quantile = None
-        elif self.running == 0 and self.waiting - (job.state == "waiting") == 0:  # no other request: alone
+        elif self._alone(job):
             quantile = self.alone_quantile
         else:
             quantile = self.hope_quantile
         return start + self._time_to(job, 1, quantile) <= job.deadline
 
+    def _alone(self, job: Job) -> bool:
+        """Whether no request but ``job`` is waiting or running in the engine."""
+        return self.running == 0 and self.waiting - (job.state == "waiting") == 0
+
     # -- requests -------------------------------------------------------------------------------------------
     def add(self, job: Job, now: float) -> bool:
         """Queue a new request at its first stage, or refuse it (False): ``job.state`` is "failed" when its budget
-        cannot give it a first exit (``_fits``), "refused" when the load leaves no room for one (``_room_for``)."""
+        cannot give it a first exit even at the fastest plausible speed, "refused" when the load leaves no room for
+        one (``_room_for``)."""
         self.profile.tick(now)
         job.max_exit = min(job.max_exit, self.num_stages)
         job.next, job.state = Step(FEATURES, 1), "new"
@@ -189,9 +194,9 @@ class StageEngine:
         new request's answer, served earliest deadline first after the call running now and the mandatory work of
         the requests due before it, must end in time at the median (the quantile at which an admitted request is
         kept: at the planning quantile this engine refused twice the requests the upfront gateway sheds, on the
-        same trace), and it must make no waiting request's answer late. Alone, it is tried while its fastest plausible time fits: then trying costs nobody
-        anything."""
-        if self.running == 0 and self.waiting == 0:
+        same trace), and it must make no waiting request's answer late. Alone, it is tried while its fastest
+        plausible time fits (``add``): then trying costs nobody anything."""
+        if self._alone(job):
             return True
         start = max(now, self.busy_until) if self.running else now
         order, need, sizes = self._answers(job)
