@@ -64,6 +64,7 @@ class LatencyProfile:
         self._mean = self._prior_mean
         self.observations = 0
         self.censored = 0
+        self.version = 0  # changes whenever a prediction may: callers may cache predictions under it
 
     # -- learning --------------------------------------------------------------------------------------
     def observe(self, exit: int, seconds: float, now: float, batch: int = 1, censored: bool = False) -> None:
@@ -93,6 +94,7 @@ class LatencyProfile:
         del self._sorted[bisect.bisect_left(self._sorted, ratio)]
 
     def _changed(self) -> None:
+        self.version += 1
         self._cache.clear()
         self._prefix = [0.0, *np.cumsum(self._sorted).tolist()] if self._sorted else [0.0]
         self._mean = self._blend(self._prefix[-1] / len(self._sorted) if self._sorted else 0.0, self._prior_mean)

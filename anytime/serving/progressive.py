@@ -126,33 +126,69 @@ class StageEngine:
         self.running = 0  # requests in the call being run
         self.busy_until = 0.0  # when the call being run is expected to end
         self.step_runs = {s: 0 for s in steps}
+        # Predictions and paths, cached while the profile stays the same (``LatencyProfile.version``): a decision
+        # asks for the same few step times hundreds of times, and it runs on the cores the stages run on.
+        self._memo: dict[tuple, float] = {}
+        self._memo_version = -1
+        self._paths: dict[tuple[Step, int], tuple[Step, ...]] = {}
 
     # -- the latency model ---------------------------------------------------------------------------------
     def key(self, step: Step) -> int:
         return step_key(step, self.num_stages)
 
     def predict(self, step: Step, batch: int = 1, quantile: float | None = None) -> float:
-        return self.profile.predict(self.key(step), batch, quantile)
+        memo = self._current_memo()
+        key = (step, batch, quantile)
+        value = memo.get(key)
+        if value is None:
+            value = memo[key] = self.profile.predict(self.key(step), batch, quantile)
+        return value
+
+    def expected(self, step: Step, batch: int = 1) -> float:
+        """Mean seconds of a call of ``step`` at ``batch``."""
+        memo = self._current_memo()
+        key = (step, batch, "mean")
+        value = memo.get(key)
+        if value is None:
+            value = memo[key] = self.profile.expected(self.key(step), batch)
+        return value
+
+    def _current_memo(self) -> dict:
+        if self._memo_version != self.profile.version:
+            self._memo.clear()
+            self._memo_version = self.profile.version
+        return self._memo
 
     def observe(self, step: Step, batch: int, seconds: float, now: float) -> None:
         self.profile.observe(self.key(step), seconds, now, batch=batch)
 
-    def _path(self, job: Job) -> list[Step]:
+    def _path(self, job: Job) -> tuple[Step, ...]:
         """The steps from the job's next one to its next useful exit (every stage up to ``min_exit``)."""
-        if job.next.kind == HEAD:
-            return [job.next]
-        last = max(job.next.level, job.min_exit)
-        return [Step(FEATURES, k) for k in range(job.next.level, last + 1)] + [Step(HEAD, last)]
+        key = (job.next, job.min_exit)
+        path = self._paths.get(key)
+        if path is None:
+            if job.next.kind == HEAD:
+                path = (job.next,)
+            else:
+                last = max(job.next.level, job.min_exit)
+                path = tuple(Step(FEATURES, k) for k in range(job.next.level, last + 1)) + (Step(HEAD, last),)
+            self._paths[key] = path
+        return path
 
     def _time_to(self, job: Job, batch: int = 1, quantile: float | None = None) -> float:
         """Seconds until ``job`` has its next useful exit, its next step at ``batch``."""
         first, *rest = self._path(job)
         return self.predict(first, batch, quantile) + self._tail(rest, quantile)
 
-    def _tail(self, rest: list[Step], quantile: float | None = None, batch: int = 1) -> float:
+    def _tail(self, rest, quantile: float | None = None, batch: int = 1) -> float:
         """Seconds the steps ``rest`` take after the current one, and the answer after them; ``batch``: the
         requests that share the current call go on together."""
-        return sum(self.predict(s, batch, quantile) for s in rest) + self.margin
+        memo = self._current_memo()
+        key = ("tail", tuple(rest), quantile, batch)
+        value = memo.get(key)
+        if value is None:
+            value = memo[key] = sum(self.predict(s, batch, quantile) for s in rest) + self.margin
+        return value
 
     def _fits(self, job: Job, start: float) -> bool:
         """Whether the job's next useful exit, started at ``start``, is ready by its deadline: at the planning
@@ -267,7 +303,7 @@ class StageEngine:
         heapq.heapify(self._queues[step])
         self.waiting -= len(plan.jobs)
         self.running = len(plan.jobs)
-        self.busy_until = now + self.profile.expected(self.key(step), len(plan.jobs))
+        self.busy_until = now + self.expected(step, len(plan.jobs))
         self._stop_behind(now + self.predict(step, len(plan.jobs)), plan)
         return plan
 
@@ -341,16 +377,16 @@ class StageEngine:
         return count, total
 
     # -- what a request cannot do without, and what it may do in the slack ------------------------------------
-    def _mandatory(self, job: Job) -> list[Step]:
+    def _mandatory(self, job: Job) -> tuple[Step, ...]:
         """The steps ``job`` needs for an answer if it stops going deeper as soon as it may: none once it has one;
         the head of the features it has when it has features it may answer with (going deeper is optional);
         else the way to its first useful exit."""
         if job.answered:
-            return []
+            return ()
         if job.next.kind == HEAD:
-            return [job.next]
+            return (job.next,)
         if job.features >= job.min_exit:
-            return [Step(HEAD, job.features)]
+            return (Step(HEAD, job.features),)
         return self._path(job)
 
     @staticmethod
@@ -379,7 +415,7 @@ class StageEngine:
             before += self._work(need[job.id], sizes)
         return harmed
 
-    def _answers(self, new: Job | None = None) -> tuple[list[Job], dict[int, list[Step]], dict[Step, int]]:
+    def _answers(self, new: Job | None = None) -> tuple[list[Job], dict[int, tuple[Step, ...]], dict[Step, int]]:
         """The waiting requests (and ``new``) that still need an answer, in deadline order; the mandatory steps of
         each; and how many requests share each of those steps, up to a call's batch."""
         jobs = [j for q in self._queues.values() for _, _, j in q if j.state == "waiting"] + ([new] if new else [])
@@ -388,14 +424,14 @@ class StageEngine:
         order = sorted((j for j in jobs if need[j.id]), key=lambda j: (j.deadline, j.id))
         return order, need, {s: min(n, self.max_batch) for s, n in sizes.items()}
 
-    def _work(self, steps: list[Step], sizes: dict[Step, int], mean: bool = True,
+    def _work(self, steps: tuple[Step, ...], sizes: dict[Step, int], mean: bool = True,
               quantile: float | None = None) -> float:
         """Seconds of ``steps`` for one request in calls of ``sizes[step]`` requests: its share of each call's mean
         (what the requests after it wait: stage batching shares a call's time), or, for the request's own answer,
         each call at ``quantile`` (default: the planning quantile), alone (``_batch`` shares a call only when its
         earliest deadline fits)."""
         if mean:
-            return sum(self.profile.expected(self.key(s), sizes[s]) / sizes[s] for s in steps)
+            return sum(self.expected(s, sizes[s]) / sizes[s] for s in steps)
         return sum(self.predict(s, 1, quantile) for s in steps)
 
     def _mandatory_instead(self, fronts: dict[Step, Job], harmed: Job) -> Step:
