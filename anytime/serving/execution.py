@@ -349,7 +349,7 @@ class ProgressiveExecution(Execution):
             async with asyncio.timeout_at(_loop_time(answer_by)):
                 # Its reservation is its work until its first useful exit. Once its first stage is done, what is
                 # left of it is a head (heads are lazy: the answer's head may run only at the end, and the model
-                # keeps time for it before any deeper stage); it is gone once an exit came.
+                # keeps time for it before any deeper stage); it is gone once a useful exit came.
                 def first_stage_done():
                     whole = self.scheduler.profiles[address].expected(req.min_exit)
                     left = max(whole - self.first_stage[address], 0.05 * whole)
@@ -357,9 +357,9 @@ class ProgressiveExecution(Execution):
                 async for exit, outputs in self._stream(self.clients[address], pending.pixels, budget_ms, exits,
                                                         every_exit=pending.on_exit is not None,
                                                         on_first_stage=first_stage_done):
-                    self.scheduler.cancel(req)
-                    if exit < req.min_exit:
+                    if exit < req.min_exit:  # of no use to it (a stream of every exit): still reserved
                         continue
+                    self.scheduler.cancel(req)
                     best = (exit, address, outputs)
                     if pending.on_exit is not None:
                         pending.on_exit(exit, outputs)

@@ -60,18 +60,32 @@ def test_exits_stream_in_increasing_order_and_the_last_is_the_answer(stub):
     assert [m.exit for m in capped] == [1, 2] and capped[-1].final
 
 
+def client_ms(stub, exits: tuple[int, ...], runs: int = 5) -> dict[int, float]:
+    """Median milliseconds, on this client's clock, of a request that goes to each of ``exits`` (a generous budget),
+    interleaved so that a slow moment of the machine weighs on each alike."""
+    times: dict[int, list[float]] = {e: [] for e in exits}
+    for _ in range(runs):
+        for e in exits:
+            t0 = time.perf_counter()
+            stub.Detect(pb.DetectRequest(encoded=png(), budget_ms=10_000, max_exit=e))
+            times[e].append((time.perf_counter() - t0) * 1e3)
+    return {e: float(np.median(t)) for e, t in times.items()}
+
+
 def test_a_tight_budget_stops_early_and_still_answers_in_time(stub):
-    p95 = profile(stub)
-    assert p95[EXITS] - p95[1] > 16, p95  # the test needs a deepest exit well beyond the first
-    # Room for exit 1 with what the gateway spends around it (decoding, the answer margin: about 6 ms) and some
-    # noise, never for all six.
-    budget = p95[1] + max(12.0, (p95[EXITS] - p95[1]) / 2)
+    # Budgets from what a request costs now, on this client's clock (decoding, the gateway, the way to Triton and
+    # back included), not from the calibration's profile: a fresh-clone run failed this test when the machine
+    # was slower than at calibration (exit 1 took longer than the p95 that the budget was built on).
+    first, deepest = client_ms(stub, (1, EXITS)).values()
+    assert deepest - first > 16, (first, deepest)  # the test needs a deepest exit well beyond the first
+    # Room for exit 1, the answer margin and some noise, never for all six.
+    budget = first + max(12.0, (deepest - first) / 2)
     t0 = time.perf_counter()
     try:
         r = stub.Detect(pb.DetectRequest(encoded=png(), budget_ms=budget))
     except grpc.RpcError as e:
-        raise AssertionError((p95, budget, (time.perf_counter() - t0) * 1e3, e.code(), e.details())) from None
-    assert 1 <= r.exit < EXITS, (p95, budget, r.exit)
+        raise AssertionError((first, deepest, budget, (time.perf_counter() - t0) * 1e3, e.code(), e.details())) from None
+    assert 1 <= r.exit < EXITS, (first, deepest, budget, r.exit)
 
 
 def test_the_answer_comes_at_the_deadline_while_triton_is_stuck_in_a_later_stage(stack, stub):
