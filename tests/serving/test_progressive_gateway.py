@@ -60,6 +60,17 @@ def test_exits_stream_in_increasing_order_and_the_last_is_the_answer(stub):
     assert [m.exit for m in capped] == [1, 2] and capped[-1].final
 
 
+def test_the_model_reports_each_steps_cost_to_the_executor_beside_its_graphs(stack, stub):
+    """What the engine learns a step costs (decision, feed, graph, responses) is what Triton's metrics show, next
+    to the graphs' own time: every call costs its graph and more."""
+    stub.Detect(pb.DetectRequest(encoded=png(), budget_ms=10_000))
+    url = stack.tritons[0].metrics_url
+    for part in ("features", "head"):
+        graph = scrape(url, "anytime_stage_graph_seconds", stage="1", part=part)
+        call = scrape(url, "anytime_stage_call_seconds", stage="1", part=part)
+        assert 0 < graph < call, (part, graph, call)
+
+
 def client_ms(stub, exits: tuple[int, ...], runs: int = 5) -> dict[int, float]:
     """Median milliseconds, on this client's clock, of a request that goes to each of ``exits`` (a generous budget),
     interleaved so that a slow moment of the machine weighs on each alike."""
