@@ -31,8 +31,9 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--default-budget-ms", type=float, default=200.0, help="budget of requests that bring none")
     p.add_argument("--when-infeasible", choices=["reject", "first_exit"], default="reject",
                    help="a budget below the first exit's latency: reject (DEADLINE_EXCEEDED) or run exit 1 anyway")
-    # upfront is the default while it measures better on the real clock (benchmarks/progressive.py: on a 2-core CPU
-    # the stage chain costs 2x the monolithic exit, and progressive met fewer budgets at every load)
+    # upfront stays the default while progressive does not measure better on the real clock (benchmarks/progressive.py
+    # and README "Progressive against upfront": ahead below overload in one full run, behind at every load in two
+    # others, within the 2-core machine's noise in short alternating runs)
     p.add_argument("--execution", choices=["progressive", "upfront"], default="upfront",
                    help="upfront (default): one exit per request, chosen before it starts, through the per-exit "
                         "models; progressive: every request runs stage by stage through the progressive model and "
