@@ -56,12 +56,13 @@ class LatencyProfile:
         self._prior_ratios = _prior_ratios(self.prior)  # sorted pseudo-samples of R from the prior
         self._prior_q = _quantile(self._prior_ratios, quantile)
         self._prior_mean = float(np.mean(self._prior_ratios))
+        self._prior_sd = float(np.std(self._prior_ratios))
         self._prior_prefix = [0.0, *np.cumsum(self._prior_ratios).tolist()]
         self._recent: deque[tuple[float, float]] = deque()  # (time, ratio), oldest first
         self._sorted: list[float] = []
         self._prefix: list[float] = [0.0]  # prefix sums of _sorted, for the residual-life query
         self._cache: dict[float, float] = {}
-        self._mean = self._prior_mean
+        self._mean, self._sd = self._prior_mean, self._prior_sd
         self.observations = 0
         self.censored = 0
         self.version = 0  # changes whenever a prediction may: callers may cache predictions under it
@@ -98,6 +99,7 @@ class LatencyProfile:
         self._cache.clear()
         self._prefix = [0.0, *np.cumsum(self._sorted).tolist()] if self._sorted else [0.0]
         self._mean = self._blend(self._prefix[-1] / len(self._sorted) if self._sorted else 0.0, self._prior_mean)
+        self._sd = self._blend(float(np.std(self._sorted)) if self._sorted else 0.0, self._prior_sd)
 
     def _blend(self, recent: float, prior: float) -> float:
         n = len(self._sorted)
@@ -142,6 +144,12 @@ class LatencyProfile:
     def expected(self, exit: int, batch: int = 1) -> float:
         """Mean service time (seconds): what a request queued behind this one waits for it, on average."""
         return self.base(exit, batch) * self._mean
+
+    def spread(self, exit: int, batch: int = 1) -> float:
+        """Standard deviation of the service time (seconds): what sums of many calls need beyond their means, as
+        the noise of calls that run one after another partly averages out (``predict`` at a quantile assumes it
+        never does)."""
+        return self.base(exit, batch) * self._sd
 
     def remaining(self, exit: int, elapsed: float, batch: int = 1) -> float:
         """Expected seconds left of a call that has run ``elapsed`` seconds: E[T - t | T > t].

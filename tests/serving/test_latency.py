@@ -72,3 +72,13 @@ def test_remaining_time_of_a_call_past_its_mean_is_not_zero():
     assert p.remaining(3, 0.0) == pytest.approx(mean, rel=0.05)
     assert p.remaining(3, 2 * mean) > 0  # outlived its mean, still running: it still holds its slot
     assert p.remaining(3, 0.5 * mean) > 0.4 * mean
+
+
+def test_the_spread_follows_the_recent_noise_of_the_calls():
+    p = calibrated()  # sigma 0.05: a spread of about 5% of a call
+    assert 0.02 < p.spread(4) / p.expected(4) < 0.1
+    rng = np.random.default_rng(2)
+    for i in range(64):  # a noisy neighbour: calls now vary by about 30%
+        p.observe(1, BASE_MS[1] * MS * rng.lognormal(0, 0.3), now=i * 0.01)
+    assert 0.2 < p.spread(4) / p.expected(4) < 0.45
+    assert p.spread(4) / p.spread(1) == pytest.approx(p.expected(4) / p.expected(1))  # one noise factor, in scale

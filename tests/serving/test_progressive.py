@@ -27,10 +27,10 @@ def prior_of(features_ms, head_ms, stats=lambda ms: {"p50": ms, "p95": ms}, batc
     return {key: {b: stats(ms * (1 + 0.25 * (b - 1))) for b in batches} for key, ms in per_key.items()}
 
 
-def engine(max_batch=4, margin_ms=0.0, stats=None):
+def engine(max_batch=4, margin_ms=0.0, stats=None, **kwargs):
     prior = prior_of(FEATURES_MS, HEAD_MS, **({"stats": stats} if stats else {}))
     return StageEngine(LatencyProfile(prior, cumulative=False), num_stages=3, max_batch=max_batch,
-                       margin_s=margin_ms * MS)
+                       margin_s=margin_ms * MS, **kwargs)
 
 
 def job(deadline_ms, now=0.0, max_exit=3, min_exit=1, every_exit=False):
@@ -102,7 +102,7 @@ def spread(ms):
 
 def test_a_new_request_is_admitted_while_its_median_fits_unless_it_is_alone():
     def busy():  # another request waits: a long shot would cost it
-        e = engine(stats=spread)
+        e = engine(stats=spread, protect_z=0)  # the median alone (the safety: the next test)
         e.add(job(100), 0.0)
         return e
     e = busy()
@@ -113,6 +113,18 @@ def test_a_new_request_is_admitted_while_its_median_fits_unless_it_is_alone():
     assert engine(stats=spread).add(job(8), 0.0)  # alone: tried while the fastest plausible time (6 ms) fits
     too_small = job(5.5)
     assert not engine(stats=spread).add(too_small, 0.0) and too_small.state == "failed"
+
+
+def test_admission_keeps_a_safety_for_the_noise_of_the_work_before_an_answer():
+    """Exit 1 is 10 ms at the median, with a standard deviation of 2.0 ms (its 6 and 4 ms calls each spread by
+    28%): the default keeps 1.64 of them. Work due before adds its variance, not its quantiles."""
+    e = engine(max_batch=1, stats=spread)  # one call per request: the work before is whole requests' work
+    e.add(job(100), 0.0)
+    assert not e.add(job(12), 0.0)  # 10 + 1.64 x 2.0 = 13.4 ms > 12
+    assert e.add(job(14), 0.0)
+    behind = job(27)  # 10 ms due before it and its own 10: 20 ms, sd 2.9 ms: 24.7 ms fits
+    assert e.add(behind, 0.0)
+    assert not e.add(job(24), 0.0)  # after the 14 ms one, the same 20 ms and sd 2.9 ms: 24.7 ms > 24
 
 
 def test_an_admitted_request_is_tried_while_its_median_fits():
@@ -149,25 +161,28 @@ def test_depth_runs_in_the_slack_that_answers_leave():
     assert deep.next == f(2) and not deep.answered  # it will answer with a deeper head
     n1, n2 = job(25, now=0.006), job(26, now=0.006)  # due at 31 and 32 ms, each needing f1 + h1 (10 ms)
     assert e.add(n1, 0.006) and e.add(n2, 0.006)  # deep's head (4 ms), n1, n2: in time, n2 with 2 ms to spare
-    plan = e.plan(0.006)  # EDF alone would run deep's f2 (4 ms) and leave n2 late
-    assert plan.step == f(1) and plan.jobs == [n1]
-    e.ran(plan.step, plan.jobs, 0.006, 0.012)
-    calls, _, finished, failed = run_to_end(e, 0.012)
+    # EDF alone would run deep's f2 (4 ms) and leave n2 late; instead the earliest-due answer runs: deep's, which
+    # is due before n1's and n2's (an answer put off for requests due later is how admitted requests lost theirs)
+    plan = e.plan(0.006)
+    assert plan.step == h(1) and plan.jobs == [deep]
+    e.ran(plan.step, plan.jobs, 0.004, 0.010)
+    calls, _, finished, failed = run_to_end(e, 0.010)
     assert not failed and {j.id for j in finished} >= {n1.id, n2.id, deep.id}
+    assert deep.exit == 1  # no depth for deep: it would cost n2 its answer
 
 
-def test_a_request_falls_back_to_its_head_when_another_requests_depth_would_cost_its_answer():
+def test_when_depth_would_cost_an_answer_the_earliest_due_request_falls_back_to_its_head():
     e = engine(max_batch=1)
     b, a = job(38 - 29, now=0.029), job(40 - 29, now=0.029)  # due at 38 and 40 ms
     for j in (b, a):  # both have stage 1's features and wait to go deeper (a state set directly)
         j.features, j.next = 1, f(2)
         e._push(j)
-    # b's f2 + h2 (8 ms) fit its deadline, but after them a's head (4 ms) would end at 41 ms
+    # b's f2 + h2 (8 ms) fit its deadline, but after them a's head (4 ms) would end at 41 ms: b's answer is due first
     plan = e.plan(0.029)
-    assert plan.step == h(1) and plan.jobs == [a]
+    assert plan.step == h(1) and plan.jobs == [b]
     e.ran(plan.step, plan.jobs, 0.004, 0.033)
     calls, _, finished, failed = run_to_end(e, 0.033)
-    assert not failed and a.exit == 1 and b.exit == 1  # b then falls back too: its f2 + h2 no longer fit
+    assert not failed and a.exit == 1 and b.exit == 1  # a then falls back too: its f2 + h2 no longer fit
 
 def test_a_budget_below_the_first_exit_fails_at_once():
     e = engine()
