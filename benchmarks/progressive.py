@@ -312,8 +312,10 @@ def print_report(report: dict) -> None:
                 lat = r["latency_ms"]
                 p = "-" if lat["p50"] is None else f"{lat['p50']:.1f}/{lat['p99']:.1f}"
                 am = "-" if r["admitted_met_rate"] is None else f"{r['admitted_met_rate']:.1%}"
+                down = r["status"].get("UNAVAILABLE", 0)  # Triton died or was unreachable: say so, never average it
                 print(f"{float(load):>5.0%} {label:>26} {r['budget_met_rate']:>7.1%} {am:>13} {r['AP'] or 0:>10.4f} "
-                      f"{p:>14}  {' '.join(f'{e}:{c}' for e, c in r['exits'].items())}")
+                      f"{p:>14}  {' '.join(f'{e}:{c}' for e, c in r['exits'].items())}"
+                      + (f"  [UNAVAILABLE: {down} of {r['requests']}]" if down else ""))
     if "noise" in report:
         print("4. 80% load, one core busy for the middle third: " + ", ".join(
             f"{label} met {r['budget_met_rate']:.1%} (admitted {r['admitted_met_rate']:.1%})"
