@@ -244,11 +244,13 @@ class TritonPythonModel:
     def _send(self, job, tensors, flags):
         """One response of ``job``'s stream; False (and the job cancelled) when its client is gone.
 
-        Asked first whether the request was cancelled: the gateway cancels a request's stream when it answers at
-        the deadline while a deeper stage still runs, and a response sent on a cancelled decoupled request is
-        what Triton's own tests skip as a segmentation fault of the python backend (server PR #7292); asking also
-        makes Triton close the stream itself."""
-        if job.payload.cancelled():
+        Past the request's deadline, asked first whether it was cancelled: the gateway cancels a request's stream
+        when it answers at the deadline while a deeper stage still runs, and a response sent on a cancelled
+        decoupled request is what Triton's own tests skip as a segmentation fault of the python backend (server
+        PR #7292); asking also makes Triton close the stream itself. Only then: each question is a round trip to
+        the server process, and before the deadline the gateway has not cancelled (a client that left early is
+        caught when its next step is planned)."""
+        if self._late_and_cancelled(job):
             self._gone(job)
             return False
         try:
@@ -258,6 +260,10 @@ class TritonPythonModel:
             self._gone(job)
             return False
 
+    @staticmethod
+    def _late_and_cancelled(job):
+        return time.monotonic() > job.deadline and job.payload.cancelled()
+
     def _gone(self, job):
         with self.lock:
             self.engine.cancel(job)
@@ -265,7 +271,7 @@ class TritonPythonModel:
 
     def _settle(self, job, outcome, message=None):
         """End a request that got no final response yet: an error when it failed, an empty final flag else."""
-        if outcome != "cancelled" and job.payload.cancelled():  # nothing may be sent on it (see _send)
+        if outcome != "cancelled" and self._late_and_cancelled(job):  # nothing may be sent on it (see _send)
             outcome = "cancelled"
         self.m_outcome[outcome].increment(1)
         if outcome == "cancelled":
