@@ -145,36 +145,25 @@ class StageEngine:
         return step_key(step, self.num_stages)
 
     def predict(self, step: Step, batch: int = 1, quantile: float | None = None) -> float:
-        memo = self._current_memo()
-        key = (step, batch, quantile)
-        value = memo.get(key)
-        if value is None:
-            value = memo[key] = self.profile.predict(self.key(step), batch, quantile)
-        return value
+        return self._cached((step, batch, quantile), lambda: self.profile.predict(self.key(step), batch, quantile))
 
     def expected(self, step: Step, batch: int = 1) -> float:
         """Mean seconds of a call of ``step`` at ``batch``."""
-        memo = self._current_memo()
-        key = (step, batch, "mean")
-        value = memo.get(key)
-        if value is None:
-            value = memo[key] = self.profile.expected(self.key(step), batch)
-        return value
+        return self._cached((step, batch, "mean"), lambda: self.profile.expected(self.key(step), batch))
 
     def spread(self, step: Step, batch: int = 1) -> float:
         """Standard deviation of a call of ``step`` at ``batch`` (seconds)."""
-        memo = self._current_memo()
-        key = (step, batch, "sd")
-        value = memo.get(key)
-        if value is None:
-            value = memo[key] = self.profile.spread(self.key(step), batch)
-        return value
+        return self._cached((step, batch, "sd"), lambda: self.profile.spread(self.key(step), batch))
 
-    def _current_memo(self) -> dict:
+    def _cached(self, key: tuple, compute) -> float:
+        """``compute()``, computed once while the latency profile is unchanged."""
         if self._memo_version != self.profile.version:
             self._memo.clear()
             self._memo_version = self.profile.version
-        return self._memo
+        value = self._memo.get(key)
+        if value is None:
+            value = self._memo[key] = compute()
+        return value
 
     def observe(self, step: Step, batch: int, seconds: float, now: float) -> None:
         self.profile.observe(self.key(step), seconds, now, batch=batch)
@@ -200,12 +189,8 @@ class StageEngine:
     def _tail(self, rest, quantile: float | None = None, batch: int = 1) -> float:
         """Seconds the steps ``rest`` take after the current one, and the answer after them; ``batch``: the
         requests that share the current call go on together."""
-        memo = self._current_memo()
-        key = ("tail", tuple(rest), quantile, batch)
-        value = memo.get(key)
-        if value is None:
-            value = memo[key] = sum(self.predict(s, batch, quantile) for s in rest) + self.margin
-        return value
+        return self._cached(("tail", tuple(rest), quantile, batch),
+                            lambda: sum(self.predict(s, batch, quantile) for s in rest) + self.margin)
 
     def _fits(self, job: Job, start: float) -> bool:
         """Whether the job's next useful exit, started at ``start``, is ready by its deadline: at the planning
