@@ -26,12 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anytime.serving.latency import LatencyProfile  # noqa: E402
 from anytime.serving.progressive import FEATURES, Job, StageEngine, Step  # noqa: E402
 
-FEATURES_MS, HEAD_MS, CALL_MS, GATEWAY_MS = (4.0, 2.5, 2.5, 2.5), 5.5, 1.2, 9.0
+from stage_engine_cost import FEATURES_MS, HEAD_MS  # noqa: E402  (the default model's step times, one place)
+
+CALL_MS, GATEWAY_MS = 1.2, 9.0
 
 
 def graph_ms(step: Step) -> float:

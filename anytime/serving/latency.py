@@ -62,7 +62,8 @@ class LatencyProfile:
         self._sorted: list[float] = []
         self._prefix: list[float] = [0.0]  # prefix sums of _sorted, for the residual-life query
         self._cache: dict[float, float] = {}
-        self._mean, self._sd = self._prior_mean, self._prior_sd
+        self._mean = self._prior_mean
+        self._sd: float | None = None  # computed when first asked for after a change (spread)
         self.observations = 0
         self.censored = 0
         self.version = 0  # changes whenever a prediction may: callers may cache predictions under it
@@ -99,7 +100,7 @@ class LatencyProfile:
         self._cache.clear()
         self._prefix = [0.0, *np.cumsum(self._sorted).tolist()] if self._sorted else [0.0]
         self._mean = self._blend(self._prefix[-1] / len(self._sorted) if self._sorted else 0.0, self._prior_mean)
-        self._sd = self._blend(float(np.std(self._sorted)) if self._sorted else 0.0, self._prior_sd)
+        self._sd = None
 
     def _blend(self, recent: float, prior: float) -> float:
         n = len(self._sorted)
@@ -149,6 +150,8 @@ class LatencyProfile:
         """Standard deviation of the service time (seconds): what sums of many calls need beyond their means, as
         the noise of calls that run one after another partly averages out (``predict`` at a quantile assumes it
         never does)."""
+        if self._sd is None:  # only the stage engine asks: the upfront gateway's profiles never pay for it
+            self._sd = self._blend(float(np.std(self._sorted)) if self._sorted else 0.0, self._prior_sd)
         return self.base(exit, batch) * self._sd
 
     def remaining(self, exit: int, elapsed: float, batch: int = 1) -> float:

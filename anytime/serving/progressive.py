@@ -245,8 +245,7 @@ class StageEngine:
                 break
             before += self._work(need[j.id], sizes)
             var += self._variance(need[j.id], sizes)
-        own = self._work(need[job.id], sizes, False, self.hope_quantile)
-        if before + own + self._safety(var + self._variance(need[job.id])) + self.margin > job.deadline:
+        if self._answer_end(before, var, need[job.id], sizes) > job.deadline:
             return False
         mine = (job.deadline, job.id)
         return not any((j.deadline, j.id) > mine for j in self._harmed(self._work(need[job.id], sizes), start))
@@ -421,8 +420,7 @@ class StageEngine:
         order, need, sizes = self._answers()
         before, var, harmed = now, 0.0, []
         for job in order:
-            own = self._work(need[job.id], sizes, False, self.hope_quantile)
-            slack = job.deadline - self.margin - before - own - self._safety(var + self._variance(need[job.id]))
+            slack = job.deadline - self._answer_end(before, var, need[job.id], sizes)
             if 0 <= slack < delay:
                 harmed.append(job)
             before += self._work(need[job.id], sizes)
@@ -448,12 +446,23 @@ class StageEngine:
             return sum(self.expected(s, sizes[s]) / sizes[s] for s in steps)
         return sum(self.predict(s, 1, quantile) for s in steps)
 
+    def _answer_end(self, before: float, variance: float, steps: tuple[Step, ...], sizes: dict[Step, int]) -> float:
+        """When a request's answer (its mandatory ``steps``) ends if they start at ``before``, after work of this
+        ``variance``: its own calls at the median, alone, the safety for the noise of all of them, and the margin
+        (the test of ``_room_for`` and of ``_harmed``)."""
+        own = self._work(steps, sizes, False, self.hope_quantile)
+        return before + own + self._safety(variance + self._variance(steps)) + self.margin
+
     def _variance(self, steps: tuple[Step, ...], sizes: dict[Step, int] | None = None) -> float:
         """Variance (s^2) of a request's share of ``steps`` in calls of ``sizes[step]`` requests (alone: 1), its
         calls' noise taken as independent of each other's."""
         if not self.protect_z:
             return 0.0
-        return sum((self.spread(s, sizes[s] if sizes else 1) / (sizes[s] if sizes else 1)) ** 2 for s in steps)
+        total = 0.0
+        for s in steps:
+            n = sizes[s] if sizes else 1
+            total += (self.spread(s, n) / n) ** 2
+        return total
 
     def _safety(self, variance: float) -> float:
         """Seconds a sum of calls of this variance needs beyond its estimate to end in time ``protect_z`` standard
@@ -472,9 +481,10 @@ class StageEngine:
         key = lambda s: (fronts[s].deadline, -self.key(s))  # noqa: E731
         mandatory = [s for s, j in fronts.items() if not self._optional(s, j)]
         parked = [s for s, j in fronts.items() if self._optional(s, j) and not j.answered]
-        first = min(mandatory, key=key) if mandatory else None
-        if parked and (first is None or key(min(parked, key=key)) < key(first)):
-            harmed = fronts[min(parked, key=key)]
+        first = min(mandatory, key=key, default=None)
+        first_parked = min(parked, key=key, default=None)
+        if first_parked is not None and (first is None or key(first_parked) < key(first)):
+            harmed = fronts[first_parked]
         elif first is not None:
             return first
         head = Step(HEAD, harmed.features)
