@@ -22,6 +22,21 @@ def scrape(url: str, name: str, **labels: str) -> float:
                for s in family.samples if s.name in (name, name + "_total") and labels.items() <= s.labels.items())
 
 
+def scrape_until(url: str, name: str, done, timeout: float = 10.0, **labels: str) -> float:
+    """``scrape`` until ``done(value)`` holds or ``timeout`` seconds pass; the last value either way.
+
+    For metrics written after the event that a test waits for: the progressive model writes its custom metrics from
+    a thread of its own (``anytime.serving.backend_metrics``), a moment after the response that a client sees."""
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        value = scrape(url, name, **labels)
+        if done(value) or time.monotonic() > end:
+            return value
+        time.sleep(0.02)
+
+
 def tiny_config(**changes) -> ModelConfig:
     """A model small enough to train and export in a second on one CPU core."""
     base = dict(backbone="resnet10", backbone_width=0.25, pyramid="nasfpn", repeats=2, width=16,

@@ -18,8 +18,10 @@ requests stop. It imports numpy only, never torch. Config parameters: ``features
 order), ``levels`` (pyramid levels of the features), ``max_stage_batch``, ``intra_op_thread_count``,
 ``planning_quantile``, ``margin_ms``.
 
-Custom metrics on Triton's /metrics: ``anytime_stage_runs`` and ``anytime_stage_images`` per stage and part
-(features, head), ``anytime_progressive_requests`` per outcome (done, failed, cancelled).
+Custom metrics on Triton's /metrics: ``anytime_stage_runs``, ``anytime_stage_images``, ``anytime_stage_graph_seconds``
+and ``anytime_stage_call_seconds`` per stage and part (features, head), ``anytime_progressive_requests`` per outcome
+(done, failed, cancelled). They are written by one thread of their own (``anytime.serving.backend_metrics``), a
+moment after the events they count: two threads updating a metric crash Triton.
 """
 
 import json
@@ -31,6 +33,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from anytime.serving.backend_metrics import MetricWriter
 from anytime.serving.latency import LatencyProfile
 from anytime.serving.progressive import FEATURES, HEAD, REFUSED, Job, StageEngine, Step, step_key
 
@@ -98,6 +101,12 @@ class TritonPythonModel:
         self.m_outcome = {o: outcomes.Metric(labels={"outcome": o}) for o in ("done", "failed", "cancelled")}
         self.m_graph_seconds = {s: graph_s.Metric(labels={"stage": str(s.level), "part": s.kind}) for s in self.sessions}
         self.m_call_seconds = {s: call_s.Metric(labels={"stage": str(s.level), "part": s.kind}) for s in self.sessions}
+        # Written from one thread of its own: the stub crashes Triton when two threads update a metric (see
+        # anytime.serving.backend_metrics), and each update is a round trip to the server. Outcomes are written last,
+        # so a reader who sees an outcome also sees the stage counts of the calls before it.
+        self.metrics = MetricWriter()
+        for group in (self.m_runs, self.m_images, self.m_graph_seconds, self.m_call_seconds, self.m_outcome):
+            self.metrics.track(*group.values())
         self.send_s = 0.0  # seconds to send one request's response, smoothed over the last calls (_run_step)
         self.worker = threading.Thread(target=self._loop, name="anytime-stages", daemon=True)
         self.worker.start()
@@ -214,8 +223,8 @@ class TritonPythonModel:
         except Exception as e:  # a failed call fails its requests, never the model
             raise RuntimeError(f"onnxruntime failed: {e}") from None
         graph = time.monotonic() - t0
-        self.m_runs[step].increment(1)
-        self.m_images[step].increment(len(jobs))
+        self.metrics.add(self.m_runs[step], 1)
+        self.metrics.add(self.m_images[step], len(jobs))
         with self.lock:  # first what comes next for each request, so that a last response says it is the last
             now = time.monotonic()
             ended = {job.id for job in self.engine.ran(step, jobs, now - started + self.send_s * len(jobs), now)}
@@ -234,10 +243,10 @@ class TritonPythonModel:
             tensors.append(pb_utils.Tensor("exit", np.array([step.level], np.int32)))
             tensors.append(pb_utils.Tensor("final", np.array([int(final)], np.int32)))
             if self._send(job, tensors, FINAL if final else 0) and final:
-                self.m_outcome["done"].increment(1)
+                self.metrics.add(self.m_outcome["done"], 1)
         self.send_s += 0.1 * ((time.monotonic() - sending) / len(jobs) - self.send_s)  # per request, smoothed
-        self.m_graph_seconds[step].increment(graph)
-        self.m_call_seconds[step].increment(time.monotonic() - started)
+        self.metrics.add(self.m_graph_seconds[step], graph)
+        self.metrics.add(self.m_call_seconds[step], time.monotonic() - started)
         with self.lock:
             self.lock.notify()
 
@@ -247,9 +256,10 @@ class TritonPythonModel:
         Past the request's deadline, asked first whether it was cancelled: the gateway cancels a request's stream
         when it answers at the deadline while a deeper stage still runs, and a response sent on a cancelled
         decoupled request is what Triton's own tests skip as a segmentation fault of the python backend (server
-        PR #7292); asking also makes Triton close the stream itself. Only then: each question is a round trip to
-        the server process, and before the deadline the gateway has not cancelled (a client that left early is
-        caught when its next step is planned)."""
+        PR #7292); asking also makes Triton close the stream itself. A guard: the Triton crashes seen here were
+        not this but two threads updating custom metrics (``anytime.serving.backend_metrics``). Only then: each
+        question is a round trip to the server process, and before the deadline the gateway has not cancelled (a
+        client that left early is caught when its next step is planned)."""
         if self._late_and_cancelled(job):
             self._gone(job)
             return False
@@ -267,13 +277,13 @@ class TritonPythonModel:
     def _gone(self, job):
         with self.lock:
             self.engine.cancel(job)
-        self.m_outcome["cancelled"].increment(1)
+        self.metrics.add(self.m_outcome["cancelled"], 1)
 
     def _settle(self, job, outcome, message=None):
         """End a request that got no final response yet: an error when it failed, an empty final flag else."""
         if outcome != "cancelled" and self._late_and_cancelled(job):  # nothing may be sent on it (see _send)
             outcome = "cancelled"
-        self.m_outcome[outcome].increment(1)
+        self.metrics.add(self.m_outcome[outcome], 1)
         if outcome == "cancelled":
             return
         try:
@@ -291,6 +301,7 @@ class TritonPythonModel:
             self.stopping = True
             self.lock.notify_all()
         self.worker.join(timeout=5)
+        self.metrics.close()
         self.sessions = {}
 
 

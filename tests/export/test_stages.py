@@ -17,7 +17,7 @@ from anytime.export.onnx import (CANDIDATE_NAMES, OUTPUT_NAMES, export_exit, exp
                                  features_io, head_io)
 from anytime.export.verify import NmsSettings, check_candidates, check_nms
 from anytime.serving.triton import TritonServer, free_ports
-from anytime.testing import random_detector, scrape, tiny_config
+from anytime.testing import random_detector, scrape, scrape_until, tiny_config
 
 EXITS = 4
 
@@ -120,6 +120,8 @@ def test_an_answer_alone_runs_only_its_own_head(triton):
     finally:
         client.stop_stream()
     assert got == {"lazy": [EXITS]}
+    # head 4's count is written after heads 1-3 would have been (one writer thread, in the order of the steps)
+    scrape_until(triton.metrics_url, "anytime_stage_images", lambda v: v > heads[EXITS], stage=str(EXITS), part="head")
     assert {k: scrape(triton.metrics_url, "anytime_stage_images", stage=str(k), part="head") - v
             for k, v in heads.items()} == {1: 0, 2: 0, 3: 0, 4: 1}
 
@@ -138,8 +140,9 @@ def test_sixteen_streams_at_once_each_run_every_step_once(triton):
     finally:
         client.stop_stream()
     assert all(v == [1, 2, 3, 4] for v in got.values()) and len(got) == 16
-    runs, images = scrape(triton.metrics_url, "anytime_stage_runs") - runs, \
-        scrape(triton.metrics_url, "anytime_stage_images") - images
+    expected = images + 16 * 2 * EXITS
+    images = scrape_until(triton.metrics_url, "anytime_stage_images", lambda v: v >= expected) - images
+    runs = scrape(triton.metrics_url, "anytime_stage_runs") - runs  # written before the images of the same calls
     assert images == 16 * 2 * EXITS and 0 < runs <= images, (runs, images)
 
 

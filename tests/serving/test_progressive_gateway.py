@@ -18,7 +18,7 @@ from anytime.export.exporter import export_repository
 from anytime.serving.api import anytime_pb2 as pb
 from anytime.serving.api import anytime_pb2_grpc as pb_grpc
 from anytime.serving.stack import ServingStack
-from anytime.testing import random_detector, scrape, tiny_config
+from anytime.testing import random_detector, scrape, scrape_until, tiny_config
 
 EXITS = 6
 EXECUTION = "progressive"  # the stack fixture (tests/serving/conftest.py) serves with it
@@ -66,8 +66,8 @@ def test_the_model_reports_each_steps_cost_to_the_executor_beside_its_graphs(sta
     stub.Detect(pb.DetectRequest(encoded=png(), budget_ms=10_000))
     url = stack.tritons[0].metrics_url
     for part in ("features", "head"):
-        graph = scrape(url, "anytime_stage_graph_seconds", stage="1", part=part)
-        call = scrape(url, "anytime_stage_call_seconds", stage="1", part=part)
+        call = scrape_until(url, "anytime_stage_call_seconds", lambda v: v > 0, stage="1", part=part)
+        graph = scrape(url, "anytime_stage_graph_seconds", stage="1", part=part)  # written before the call's
         assert 0 < graph < call, (part, graph, call)
 
 
@@ -87,7 +87,10 @@ def test_a_tight_budget_stops_early_and_still_answers_in_time(stub):
     # Budgets from what a request costs now, on this client's clock (decoding, the gateway, the way to Triton and
     # back included), not from the calibration's profile: a fresh-clone run failed this test when the machine
     # was slower than at calibration (exit 1 took longer than the p95 that the budget was built on).
-    first, deepest = client_ms(stub, (1, EXITS)).values()
+    for _ in range(3):  # a noisy moment can blur the two; measure again before calling the setup broken
+        first, deepest = client_ms(stub, (1, EXITS)).values()
+        if deepest - first > 16:
+            break
     assert deepest - first > 16, (first, deepest)  # the test needs a deepest exit well beyond the first
     # Room for exit 1, the answer margin and some noise, never for all six.
     budget = first + max(12.0, (deepest - first) / 2)

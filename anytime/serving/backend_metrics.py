@@ -1,0 +1,81 @@
+"""Custom metrics of a Triton python-backend model, written to Triton from one thread.
+
+Why not call ``Metric.increment`` where the event happens:
+
+- **It crashes Triton when two threads do it.** In the python backend's stub (24.x), each update of a ``Metric``
+  rewrites that object's shared-memory block and frees the previous one, while the server process may still be
+  reading it; the stub releases the GIL during the round trip, so two Python threads updating the same metric
+  race. The server then reads freed memory and dies with signal 11. Five of the six Triton segfaults seen while
+  serving the progressive model (which updated its metrics from its worker thread and from ``execute``) resolve
+  to ``Metric::LoadFromSharedMemory`` or ``Metric::Increment`` under ``ProcessMetricRequest`` in
+  ``libtriton_python.so``. ``benchmarks/triton_metric_race.py`` reproduces it in a few seconds and shows this
+  writer surviving the same load.
+- **Each update is a round trip to the server process.** A worker that counts a call's runs, images and times
+  paid four of them per call on its critical path; here it pays a dict update.
+
+So events only add to a pending total (any thread, under a lock), and one thread writes the totals to Triton: the
+metric families' order decides the order of each write, so a reader who sees a later family's update also sees
+what was pending for the earlier ones at that moment (tests wait for the outcome counters, written last).
+Imports nothing from Triton: the metrics are passed in.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class MetricWriter:
+    """Buffers increments of Triton ``Metric`` objects and writes them from a thread of its own.
+
+    ``add(metric, value)`` from any thread; ``close()`` writes what is pending and stops the thread (call it in the
+    model's ``finalize``, before its metric families go). Metrics are written in the order they were first
+    registered with ``track`` (untracked ones last), every pending one each round.
+    """
+
+    def __init__(self, name: str = "anytime-metrics"):
+        self._pending: dict[int, list] = {}  # id(metric) -> [metric, total] (Triton's objects need not hash)
+        self._rank: dict[int, int] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self.errors = 0  # updates Triton refused (e.g. while shutting down); counted, never raised
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def track(self, *metrics) -> None:
+        """Fix the write order: metrics tracked earlier are written earlier in each round."""
+        with self._cond:
+            for m in metrics:
+                self._rank.setdefault(id(m), len(self._rank))
+
+    def add(self, metric, value: float = 1.0) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            entry = self._pending.get(id(metric))
+            if entry is None:
+                self._pending[id(metric)] = [metric, value]
+            else:
+                entry[1] += value
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                batch, self._pending = self._pending, {}
+                if not batch and self._closed:
+                    return
+                order = sorted(batch.items(), key=lambda kv: self._rank.get(kv[0], len(self._rank)))
+            for _, (metric, value) in order:
+                try:
+                    metric.increment(value)
+                except Exception:
+                    self.errors += 1
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is pending, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
