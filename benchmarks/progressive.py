@@ -64,7 +64,9 @@ def repository_variant(source: Path, work: Path, max_stage_batch: int | None) ->
 def stack_for(repo: Path, execution: str):
     from anytime.serving.stack import ServingStack
 
-    return ServingStack(repo, gateway_args=("--execution", execution))
+    # Triton restarted when it dies, as in `anytime serve`: a crash costs the requests of its outage, not the rest of
+    # the run; each row reports the restarts during it
+    return ServingStack(repo, gateway_args=("--execution", execution), restart_triton=True)
 
 
 def model_info(address: str):
@@ -272,12 +274,16 @@ def main() -> int:
             repo = repository_variant(args.repository, work, batch)
             with stack_for(repo, execution) as s:
                 for load in LOADS if "trace" in parts else ():
+                    restarts = s.restarts
                     r = run_trace(s.address, dataset, budgets, load * capacity, n, args.seed + int(load * 1000), False)
+                    r["triton_restarts"] = s.restarts - restarts
                     report.setdefault("trace", {}).setdefault(label, {})[str(load)] = r
                     log(f"trace {label} @ {load:.0%}: met {r['budget_met_rate']:.1%}, admitted met "
                         f"{r['admitted_met_rate']}, AP {r['AP']:.4f}")
                 if "noise" in parts and label != "progressive, no batching":
+                    restarts = s.restarts
                     r = run_trace(s.address, dataset, budgets, 0.8 * capacity, n, args.seed + 800, True)
+                    r["triton_restarts"] = s.restarts - restarts
                     report.setdefault("noise", {})[label] = r
                     log(f"noise {label}: met {r['budget_met_rate']:.1%}")
 
@@ -291,6 +297,15 @@ def main() -> int:
         plot(report, args.out / "progressive.png")
     print(f"\nwrote {args.out / 'progressive.json'}" + (" and progressive.png" if "trace" in report else ""))
     return 0
+
+
+def outage(row: dict) -> str:
+    """What a row met of a Triton that died: the restarts and the requests answered UNAVAILABLE (say so, never
+    average it away)."""
+    down, restarts = row["status"].get("UNAVAILABLE", 0), row.get("triton_restarts", 0)
+    if not down and not restarts:
+        return ""
+    return f"  [Triton restarted {restarts}x; UNAVAILABLE: {down} of {row['requests']}]"
 
 
 def print_report(report: dict) -> None:
@@ -312,13 +327,11 @@ def print_report(report: dict) -> None:
                 lat = r["latency_ms"]
                 p = "-" if lat["p50"] is None else f"{lat['p50']:.1f}/{lat['p99']:.1f}"
                 am = "-" if r["admitted_met_rate"] is None else f"{r['admitted_met_rate']:.1%}"
-                down = r["status"].get("UNAVAILABLE", 0)  # Triton died or was unreachable: say so, never average it
                 print(f"{float(load):>5.0%} {label:>26} {r['budget_met_rate']:>7.1%} {am:>13} {r['AP'] or 0:>10.4f} "
-                      f"{p:>14}  {' '.join(f'{e}:{c}' for e, c in r['exits'].items())}"
-                      + (f"  [UNAVAILABLE: {down} of {r['requests']}]" if down else ""))
+                      f"{p:>14}  {' '.join(f'{e}:{c}' for e, c in r['exits'].items())}{outage(r)}")
     if "noise" in report:
         print("4. 80% load, one core busy for the middle third: " + ", ".join(
-            f"{label} met {r['budget_met_rate']:.1%} (admitted {r['admitted_met_rate']:.1%})"
+            f"{label} met {r['budget_met_rate']:.1%} (admitted {r['admitted_met_rate']:.1%}){outage(r)}"
             for label, r in report["noise"].items()))
     if "memory" in report:
         print("5. Resident memory of tritonserver + python stubs (MB): " + "; ".join(

@@ -22,8 +22,11 @@ class ServingStack:
     """``with ServingStack(repo, tritons=1) as s: s.address`` -> a ready gateway on 127.0.0.1."""
 
     def __init__(self, repository: str | Path, tritons: int = 1, gateway_args: tuple[str, ...] = (),
-                 ready_timeout: float = 120.0):
+                 ready_timeout: float = 120.0, restart_triton: bool = False):
+        """``restart_triton``: supervise each Triton server and restart it when it dies (as ``anytime serve`` and
+        ``anytime triton`` do); off by default so that tests see a killed server stay dead. ``restarts`` counts them."""
         self.repository = Path(repository)
+        self.restart_triton = restart_triton
         self.triton_count = tritons
         self.gateway_args = tuple(gateway_args)
         self.ready_timeout = ready_timeout
@@ -37,6 +40,11 @@ class ServingStack:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def restarts(self) -> int:
+        """Triton restarts so far (``restart_triton``): each is an outage that requests met."""
+        return sum(t.restarts for t in self.tritons)
+
+    @property
     def metrics_url(self) -> str:
         """The gateway's Prometheus endpoint."""
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -45,7 +53,8 @@ class ServingStack:
         try:
             for _ in range(self.triton_count):
                 http, grpc_port, metrics = free_ports(3)
-                t = TritonServer(self.repository, http_port=http, grpc_port=grpc_port, metrics_port=metrics)
+                t = TritonServer(self.repository, http_port=http, grpc_port=grpc_port, metrics_port=metrics,
+                                 restart=self.restart_triton)
                 t.start()
                 self.tritons.append(t)
             for t in self.tritons:
