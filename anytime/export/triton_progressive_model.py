@@ -26,6 +26,7 @@ moment after the events they count: two threads updating a metric crash Triton.
 
 import json
 import os
+import queue
 import threading
 import time
 
@@ -107,7 +108,10 @@ class TritonPythonModel:
         self.metrics = MetricWriter()
         for group in (self.m_runs, self.m_images, self.m_graph_seconds, self.m_call_seconds, self.m_outcome):
             self.metrics.track(*group.values())
-        self.send_s = 0.0  # seconds to send one request's response, smoothed over the last calls (_run_step)
+        # Responses go out from a thread of their own, in the order they were queued (``_send_loop``)
+        self.outbox = queue.SimpleQueue()
+        self.sender = threading.Thread(target=self._send_loop, name="anytime-responses", daemon=True)
+        self.sender.start()
         self.worker = threading.Thread(target=self._loop, name="anytime-stages", daemon=True)
         self.worker.start()
 
@@ -208,11 +212,14 @@ class TritonPythonModel:
     def _run_step(self, step, jobs, started):
         """Run ``step`` on ``jobs`` and send what it produced.
 
-        The engine learns what the call cost this executor, not only the graph: the decision, the feed, the graph
-        and the responses (the last estimated from the previous calls, as they are sent after the engine has said
-        which response is final). Outside the graph that is about 1-1.5 ms a call here (measured on the default
-        model at 50-80% load, p90 2-3 ms), a third of a 2.5 ms pyramid network: an engine that learns only the
-        graphs' times queues a third more work than it plans for, and admits requests that then get no exit."""
+        The engine learns what the call cost this executor, not only the graph: the decision, the feed and the
+        graph. Outside the graph that was about 1-1.5 ms a call here with the responses sent by this thread
+        (measured on the default model at 50-80% load, p90 2-3 ms), a third of a 2.5 ms pyramid network: an engine
+        that learns only the graphs' times queues a third more work than it plans for, and admits requests that
+        then get no exit. The responses are queued for the sender thread, which sends them while the next call
+        runs (ONNX Runtime releases the GIL): sending a response is a round trip to the server process, and at
+        batch 1 to exit 4 the progress response after stage 1 and the answer after the head cost 0.8-1.2 ms each
+        on this thread."""
         session = self.sessions[step]
         names_in = ["images"] if step == Step(FEATURES, 1) else self.features_in
         feed = {n: (jobs[0].payload.inputs[i] if len(jobs) == 1
@@ -227,31 +234,48 @@ class TritonPythonModel:
         self.metrics.add(self.m_images[step], len(jobs))
         with self.lock:  # first what comes next for each request, so that a last response says it is the last
             now = time.monotonic()
-            ended = {job.id for job in self.engine.ran(step, jobs, now - started + self.send_s * len(jobs), now)}
-        sending = time.monotonic()
+            ended = {job.id for job in self.engine.ran(step, jobs, now - started, now)}
         for i, job in enumerate(jobs):
             if job.state == "cancelled":
                 continue
             if step.kind == FEATURES:  # the input of what comes next: these features, this request's row
                 job.payload.inputs = [out[n][i:i + 1] for n in self.features_out]
                 if step.level == 1:  # progress: its first stage is done (heads are lazy: no exit may come yet)
-                    self._send(job, [pb_utils.Tensor("exit", np.array([0], np.int32)),
-                                     pb_utils.Tensor("final", np.array([0], np.int32))], 0)
+                    self._send(job, [("exit", np.array([0], np.int32)), ("final", np.array([0], np.int32))], 0)
                 continue
             final = job.id in ended
-            tensors = [pb_utils.Tensor(n, np.ascontiguousarray(out[n][i:i + 1], dtype=DTYPES[n])) for n in DETECTIONS]
-            tensors.append(pb_utils.Tensor("exit", np.array([step.level], np.int32)))
-            tensors.append(pb_utils.Tensor("final", np.array([int(final)], np.int32)))
-            if self._send(job, tensors, FINAL if final else 0) and final:
-                self.metrics.add(self.m_outcome["done"], 1)
-        self.send_s += 0.1 * ((time.monotonic() - sending) / len(jobs) - self.send_s)  # per request, smoothed
+            arrays = [(n, out[n][i:i + 1]) for n in DETECTIONS]
+            arrays += [("exit", np.array([step.level], np.int32)), ("final", np.array([int(final)], np.int32))]
+            self._send(job, arrays, FINAL if final else 0)
         self.metrics.add(self.m_graph_seconds[step], graph)
         self.metrics.add(self.m_call_seconds[step], time.monotonic() - started)
         with self.lock:
             self.lock.notify()
 
-    def _send(self, job, tensors, flags):
-        """One response of ``job``'s stream; False (and the job cancelled) when its client is gone.
+    # -- responses out: one thread sends them all, in the order queued ------------------------------------------
+    def _send(self, job, arrays, flags):
+        """Queue one response of ``job``'s stream: ``arrays`` ((name, numpy array) pairs), ``flags`` FINAL on its
+        last."""
+        self.outbox.put((self._send_now, (job, arrays, flags)))
+
+    def _settle(self, job, outcome, message=None):
+        """Queue the end of a request that got no final response yet (see ``_settle_now``)."""
+        self.outbox.put((self._settle_now, (job, outcome, message)))
+
+    def _send_loop(self):
+        """The sender thread: a request's responses leave in the order they were queued, its end after them."""
+        while True:
+            item = self.outbox.get()
+            if item is None:
+                return
+            action, args = item
+            try:
+                action(*args)
+            except Exception:  # never let the sender die
+                pass
+
+    def _send_now(self, job, arrays, flags):
+        """Send one response of ``job``'s stream; the job is cancelled when its client is gone.
 
         Past the request's deadline, asked first whether it was cancelled: the gateway cancels a request's stream
         when it answers at the deadline while a deeper stage still runs, and a response sent on a cancelled
@@ -260,15 +284,19 @@ class TritonPythonModel:
         not this but two threads updating custom metrics (``anytime.serving.backend_metrics``). Only then: each
         question is a round trip to the server process, and before the deadline the gateway has not cancelled (a
         client that left early is caught when its next step is planned)."""
+        if job.state == "cancelled":
+            return
         if self._late_and_cancelled(job):
             self._gone(job)
-            return False
+            return
+        tensors = [pb_utils.Tensor(n, np.ascontiguousarray(a, dtype=DTYPES.get(n, a.dtype))) for n, a in arrays]
         try:
             job.payload.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
-            return True
         except Exception:
             self._gone(job)
-            return False
+            return
+        if flags & FINAL:
+            self.metrics.add(self.m_outcome["done"], 1)
 
     @staticmethod
     def _late_and_cancelled(job):
@@ -279,7 +307,7 @@ class TritonPythonModel:
             self.engine.cancel(job)
         self.metrics.add(self.m_outcome["cancelled"], 1)
 
-    def _settle(self, job, outcome, message=None):
+    def _settle_now(self, job, outcome, message=None):
         """End a request that got no final response yet: an error when it failed, an empty final flag else."""
         if outcome != "cancelled" and self._late_and_cancelled(job):  # nothing may be sent on it (see _send)
             outcome = "cancelled"
@@ -301,6 +329,8 @@ class TritonPythonModel:
             self.stopping = True
             self.lock.notify_all()
         self.worker.join(timeout=5)
+        self.outbox.put(None)  # after what the worker queued
+        self.sender.join(timeout=5)
         self.metrics.close()
         self.sessions = {}
 
