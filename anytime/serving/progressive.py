@@ -65,6 +65,18 @@ REFUSED = {"failed": "no exit can be computed within the budget",
            "refused": "overloaded: the work queued before it leaves no first exit within the budget"}
 
 
+class Need(NamedTuple):
+    """What a request's answer needs (``StageEngine._answers``): its mandatory ``steps``; its share of their calls'
+    mean, ``work`` (what the requests after it wait), and that share's ``variance``; and the steps alone, ``own``
+    (at the median) and ``own_variance`` (what its own answer waits)."""
+
+    steps: tuple
+    work: float
+    variance: float
+    own: float
+    own_variance: float
+
+
 class Step(NamedTuple):
     """One graph call: stage ``level``'s features, or exit ``level``'s head."""
 
@@ -238,17 +250,17 @@ class StageEngine:
         if self._alone(job):
             return True
         start = max(now, self.busy_until) if self.running else now
-        order, need, sizes = self._answers(job)
+        order, need = self._answers(job)
         before, var = start, 0.0
         for j in order:
             if j is job:
                 break
-            before += self._work(need[j.id], sizes)
-            var += self._variance(need[j.id], sizes)
-        if self._answer_end(before, var, need[job.id], sizes) > job.deadline:
+            before += need[j.id].work
+            var += need[j.id].variance
+        if self._answer_end(before, var, need[job.id]) > job.deadline:
             return False
         mine = (job.deadline, job.id)
-        return not any((j.deadline, j.id) > mine for j in self._harmed(self._work(need[job.id], sizes), start))
+        return not any((j.deadline, j.id) > mine for j in self._harmed(need[job.id].work, start))
 
     def cancel(self, job: Job) -> None:
         """The client went away: drop the request wherever it is (lazily, when its queue reaches it)."""
@@ -349,9 +361,11 @@ class StageEngine:
         """
         ready = [j for _, _, j in sorted(self._queues[step]) if j.state == "waiting"][:self.lookahead]
         rests = {j.id: self._path(j)[1:] for j in ready}
+        distinct = set(rests.values())  # a few paths are shared by many requests: cost each once per size
         best_size, best, best_tails = 1, None, {}
         for size in range(1, min(self.max_batch, len(ready)) + 1):
-            tails = {i: self._tail(rest, batch=size) for i, rest in rests.items()}
+            per_rest = {rest: self._tail(rest, batch=size) for rest in distinct}
+            tails = {i: per_rest[rest] for i, rest in rests.items()}
             count, total = self._served(step, ready, tails, size, now)
             if best is None or (-count, total) < best:  # most in time, then the earliest exits on the whole
                 best_size, best, best_tails = size, (-count, total), tails
@@ -417,24 +431,39 @@ class StageEngine:
         and then without an exit). So each request's slack also keeps ``protect_z`` standard deviations of the sum
         of its own calls and those before it, the calls' noise taken as independent (their variances add, where
         per-step quantiles would add up as if every call ran slow at once)."""
-        order, need, sizes = self._answers()
+        order, need = self._answers()
         before, var, harmed = now, 0.0, []
         for job in order:
-            slack = job.deadline - self._answer_end(before, var, need[job.id], sizes)
+            n = need[job.id]
+            slack = job.deadline - self._answer_end(before, var, n)
             if 0 <= slack < delay:
                 harmed.append(job)
-            before += self._work(need[job.id], sizes)
-            var += self._variance(need[job.id], sizes)
+            before += n.work
+            var += n.variance
         return harmed
 
-    def _answers(self, new: Job | None = None) -> tuple[list[Job], dict[int, tuple[Step, ...]], dict[Step, int]]:
-        """The waiting requests (and ``new``) that still need an answer, in deadline order; the mandatory steps of
-        each; and how many requests share each of those steps, up to a call's batch."""
+    def _answers(self, new: Job | None = None) -> tuple[list[Job], dict[int, Need]]:
+        """The waiting requests (and ``new``) that still need an answer, in deadline order, and what each needs
+        (``Need``), its calls shared by as many requests as need the same step, up to a call's batch. Requests
+        share a few paths (the way to exit k, the head of features k), so each path is costed once per call: this
+        runs at every admission and every optional step, over every waiting request."""
         jobs = [j for q in self._queues.values() for _, _, j in q if j.state == "waiting"] + ([new] if new else [])
-        need = {j.id: self._mandatory(j) for j in jobs}
-        sizes = Counter(s for steps in need.values() for s in steps)
-        order = sorted((j for j in jobs if need[j.id]), key=lambda j: (j.deadline, j.id))
-        return order, need, {s: min(n, self.max_batch) for s, n in sizes.items()}
+        steps_of = {j.id: self._mandatory(j) for j in jobs}
+        counts = Counter(s for steps in steps_of.values() for s in steps)
+        sizes = {s: min(n, self.max_batch) for s, n in counts.items()}
+        costed: dict[tuple[Step, ...], Need] = {}
+        need = {}
+        for j in jobs:
+            steps = steps_of[j.id]
+            if not steps:
+                continue
+            n = costed.get(steps)
+            if n is None:
+                n = costed[steps] = Need(steps, self._work(steps, sizes), self._variance(steps, sizes),
+                                         self._work(steps, sizes, False, self.hope_quantile), self._variance(steps))
+            need[j.id] = n
+        order = sorted((j for j in jobs if j.id in need), key=lambda j: (j.deadline, j.id))
+        return order, need
 
     def _work(self, steps: tuple[Step, ...], sizes: dict[Step, int], mean: bool = True,
               quantile: float | None = None) -> float:
@@ -446,12 +475,11 @@ class StageEngine:
             return sum(self.expected(s, sizes[s]) / sizes[s] for s in steps)
         return sum(self.predict(s, 1, quantile) for s in steps)
 
-    def _answer_end(self, before: float, variance: float, steps: tuple[Step, ...], sizes: dict[Step, int]) -> float:
-        """When a request's answer (its mandatory ``steps``) ends if they start at ``before``, after work of this
+    def _answer_end(self, before: float, variance: float, need: Need) -> float:
+        """When a request's answer (its mandatory steps) ends if they start at ``before``, after work of this
         ``variance``: its own calls at the median, alone, the safety for the noise of all of them, and the margin
         (the test of ``_room_for`` and of ``_harmed``)."""
-        own = self._work(steps, sizes, False, self.hope_quantile)
-        return before + own + self._safety(variance + self._variance(steps)) + self.margin
+        return before + need.own + self._safety(variance + need.own_variance) + self.margin
 
     def _variance(self, steps: tuple[Step, ...], sizes: dict[Step, int] | None = None) -> float:
         """Variance (s^2) of a request's share of ``steps`` in calls of ``sizes[step]`` requests (alone: 1), its
