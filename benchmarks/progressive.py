@@ -18,13 +18,15 @@
   with random weights (no verification: it is the memory that is measured).
 
 Capacity and budgets come from the upfront gateway's own latency profile (GetModelInfo), measured at the start of
-the run. Writes runs/bench/progressive.json and runs/bench/progressive.png.
+the run. For ``trace`` and ``noise``, the three stacks are up together and take turns at each load, in an order
+that alternates from load to load, so that a drift of the machine's speed weighs on every mode alike. Writes runs/bench/progressive.json and runs/bench/progressive.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import shutil
@@ -270,22 +272,29 @@ def main() -> int:
                     log(f"throughput {mode}: {r}")
 
     if "trace" in parts or "noise" in parts:
-        for label, (execution, batch) in MODES.items():
-            repo = repository_variant(args.repository, work, batch)
-            with stack_for(repo, execution) as s:
-                for load in LOADS if "trace" in parts else ():
+        # Every mode's stack is up for the whole part, and the modes take turns at each load, in an order that
+        # alternates from one load to the next: this machine's speed drifts over minutes (upfront alone met 54-88%
+        # at 50% load from one run to the next), and one mode after the other would put that drift between them.
+        with contextlib.ExitStack() as up:
+            stacks = {label: up.enter_context(stack_for(repository_variant(args.repository, work, batch), execution))
+                      for label, (execution, batch) in MODES.items()}
+            turns = [(load, False) for load in (LOADS if "trace" in parts else ())]
+            turns += [(0.8, True)] if "noise" in parts else []
+            for i, (load, noise) in enumerate(turns):
+                labels = [m for m in MODES if not noise or m != "progressive, no batching"]
+                for label in labels if i % 2 == 0 else labels[::-1]:
+                    s = stacks[label]
                     restarts = s.restarts
-                    r = run_trace(s.address, dataset, budgets, load * capacity, n, args.seed + int(load * 1000), False)
+                    r = run_trace(s.address, dataset, budgets, load * capacity, n,
+                                  args.seed + (800 if noise else int(load * 1000)), noise)
                     r["triton_restarts"] = s.restarts - restarts
-                    report.setdefault("trace", {}).setdefault(label, {})[str(load)] = r
-                    log(f"trace {label} @ {load:.0%}: met {r['budget_met_rate']:.1%}, admitted met "
-                        f"{r['admitted_met_rate']}, AP {r['AP']:.4f}")
-                if "noise" in parts and label != "progressive, no batching":
-                    restarts = s.restarts
-                    r = run_trace(s.address, dataset, budgets, 0.8 * capacity, n, args.seed + 800, True)
-                    r["triton_restarts"] = s.restarts - restarts
-                    report.setdefault("noise", {})[label] = r
-                    log(f"noise {label}: met {r['budget_met_rate']:.1%}")
+                    if noise:
+                        report.setdefault("noise", {})[label] = r
+                        log(f"noise {label}: met {r['budget_met_rate']:.1%}")
+                    else:
+                        report.setdefault("trace", {}).setdefault(label, {})[str(load)] = r
+                        log(f"trace {label} @ {load:.0%}: met {r['budget_met_rate']:.1%}, admitted met "
+                            f"{r['admitted_met_rate']}, AP {r['AP']:.4f}")
 
     if "memory" in parts:
         report["memory"] = memory(args.repository, work, log)
