@@ -66,11 +66,10 @@ REFUSED = {"failed": "no exit can be computed within the budget",
 
 
 class Need(NamedTuple):
-    """What a request's answer needs (``StageEngine._answers``): its mandatory ``steps``; its share of their calls'
-    mean, ``work`` (what the requests after it wait), and that share's ``variance``; and the steps alone, ``own``
-    (at the median) and ``own_variance`` (what its own answer waits)."""
+    """What a request's mandatory steps cost (``StageEngine._need``): its share of their calls' mean, ``work`` (what
+    the requests after it wait), and that share's ``variance``; and the steps alone, ``own`` (at the median) and
+    ``own_variance`` (what its own answer waits)."""
 
-    steps: tuple
     work: float
     variance: float
     own: float
@@ -245,8 +244,8 @@ class StageEngine:
         the requests due before it, must end in time at the median (the quantile at which an admitted request is
         kept: at the planning quantile this engine refused twice the requests the upfront gateway sheds, on the
         same trace) plus a safety for the noise of that work (``_safety``), and it must make no waiting request's
-        answer late. Alone, it is tried while its fastest
-        plausible time fits (``add``): then trying costs nobody anything."""
+        answer late. Alone, it is tried while its fastest plausible time fits (``add``): then trying costs nobody
+        anything."""
         if self._alone(job):
             return True
         start = max(now, self.busy_until) if self.running else now
@@ -459,21 +458,18 @@ class StageEngine:
                 continue
             n = costed.get(steps)
             if n is None:
-                n = costed[steps] = Need(steps, self._work(steps, sizes), self._variance(steps, sizes),
-                                         self._work(steps, sizes, False, self.hope_quantile), self._variance(steps))
+                n = costed[steps] = self._need(steps, sizes)
             need[j.id] = n
         order = sorted((j for j in jobs if j.id in need), key=lambda j: (j.deadline, j.id))
         return order, need
 
-    def _work(self, steps: tuple[Step, ...], sizes: dict[Step, int], mean: bool = True,
-              quantile: float | None = None) -> float:
-        """Seconds of ``steps`` for one request in calls of ``sizes[step]`` requests: its share of each call's mean
-        (what the requests after it wait: stage batching shares a call's time), or, for the request's own answer,
-        each call at ``quantile`` (default: the planning quantile), alone (``_batch`` shares a call only when its
-        earliest deadline fits)."""
-        if mean:
-            return sum(self.expected(s, sizes[s]) / sizes[s] for s in steps)
-        return sum(self.predict(s, 1, quantile) for s in steps)
+    def _need(self, steps: tuple[Step, ...], sizes: dict[Step, int]) -> Need:
+        """What ``steps`` cost one request in calls of ``sizes[step]`` requests: for the requests after it, its share
+        of each call's mean (stage batching shares a call's time) and that share's variance; for its own answer,
+        each call alone at the median (``_batch`` shares a call only when its earliest deadline fits) and their
+        variance."""
+        return Need(sum(self.expected(s, sizes[s]) / sizes[s] for s in steps), self._variance(steps, sizes),
+                    sum(self.predict(s, 1, self.hope_quantile) for s in steps), self._variance(steps))
 
     def _answer_end(self, before: float, variance: float, need: Need) -> float:
         """When a request's answer (its mandatory steps) ends if they start at ``before``, after work of this
