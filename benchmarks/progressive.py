@@ -19,7 +19,8 @@
 
 Capacity and budgets come from the upfront gateway's own latency profile (GetModelInfo), measured at the start of
 the run. For ``trace`` and ``noise``, the three stacks are up together and take turns at each load, in an order
-that alternates from load to load, so that a drift of the machine's speed weighs on every mode alike. Writes runs/bench/progressive.json and runs/bench/progressive.png.
+that alternates from load to load, so that a drift of the machine's speed weighs on every mode alike. Writes
+runs/bench/progressive.json and runs/bench/progressive.png.
 """
 
 from __future__ import annotations

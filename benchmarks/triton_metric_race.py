@@ -11,7 +11,8 @@ one counter as fast as they can for ``--seconds``:
 - ``writer``: each thread adds to ``anytime.serving.backend_metrics.MetricWriter``, whose one thread writes to
   Triton (what the progressive model does now).
 
-Prints, per mode and round: whether tritonserver was alive at the end, the seconds from its start until it died, what killed it, and the counter's value on Triton's /metrics against the updates the threads made.
+Prints, per mode and round: whether tritonserver was alive at the end, the seconds from its start until it died,
+what killed it, and the counter's value on Triton's /metrics against the updates the threads made.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\n{args.threads} threads updating one custom metric for {args.seconds:g} s\n")
-    print(f"{'mode':8} {'round':>5} {'alive':>6} {'died after':>11} {'killed by':>10} {'updates made':>13} {'on /metrics':>12}")
+    print(f"{'mode':8} {'round':>5} {'alive':>6} {'died after':>11} {'killed by':>10} {'updates made':>13} "
+          f"{'on /metrics':>12}")
     for row in rows:
         died = "-" if row["died_after_s"] is None else f"{row['died_after_s']:.1f} s"
         made = "-" if row["made"] is None else str(row["made"])
