@@ -2,10 +2,15 @@
 
     .venv/bin/python benchmarks/progressive.py [--parts overhead,throughput,trace,noise,memory]
 
-- ``overhead``: one request at a time, the deepest exit: upfront (the exit model, one call) against progressive
-  (every stage's features in turn, then exit K's head), on the client's clock; p50 and the ratio (goal: at most 1.15x).
-- ``throughput``: closed loop, 16 clients sending back to back with a loose budget for 15 s: answers per second,
-  progressive with stage batching against upfront (goal: at least 1.5x).
+- ``overhead``: one request at a time to the deepest exit, upfront (the exit model, one call) against progressive
+  (every stage's features in turn, then exit K's head), the two stacks up together and taking turns; p50 on the
+  client's clock through the gateway (the goal: at most 1.15x) and straight to Triton (the exit model's call
+  against the progressive model's stream), and the graphs alone in this process (the exit's graph against the
+  steps' graphs in turn: the floor of splitting the model, before any serving cost).
+- ``throughput``: closed loop, 16 clients sending back to back with a loose budget for 15 s, in halves taken in the
+  order upfront, progressive, progressive, upfront: answers per second, progressive with stage batching against
+  upfront (goal: at least 1.5x). Beside it, from ``overhead``'s graphs, the ceiling stage batching has on this
+  machine: the steps' ms per image at batch 1-8 against the exit graph's at batch 1.
 - ``trace``: the scheduler benchmark's trace (every val image, Poisson arrivals, budgets uniform in
   [2 x p95(exit 1), 4 x p95(deepest)]) at 50, 80, 120 and 200% of capacity, through upfront, progressive without
   stage batching (max_stage_batch 1) and progressive with it: met on the client's clock, AP at budget, p50/p99,
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import json
 import multiprocessing
 import shutil
@@ -83,23 +89,110 @@ def model_info(address: str):
 
 
 # -- overhead and throughput ----------------------------------------------------------------------------------------
-def one_at_a_time(address: str, data: bytes, exit: int, runs: int) -> np.ndarray:
+async def alternate(calls: dict, runs: int, warmup: int = 10) -> dict[str, np.ndarray]:
+    """Milliseconds per call of each of ``calls`` (name -> a coroutine function or a plain one), one call at a time,
+    the calls taking turns (one round in order, the next reversed), so that a drift of the machine's speed weighs on
+    each alike."""
+    names = list(calls)
+    out = {n: [] for n in names}
+    for i in range(warmup + runs):
+        for name in names if i % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            if inspect.isawaitable(r := calls[name]()):
+                await r
+            if i >= warmup:
+                out[name].append((time.perf_counter() - t0) * 1e3)
+    return {n: np.asarray(v) for n, v in out.items()}
+
+
+async def serving_overhead(up, progressive, data: bytes, pixels: np.ndarray, exit: int, runs: int) -> dict:
+    """One request at a time to ``exit``, upfront against progressive taking turns, on two paths: through each
+    stack's gateway (the goal's measure) and straight to its Triton (the exit model's one call against the
+    progressive model's stream), so that what the gateway adds is told from what the model adds."""
     import grpc
+    import tritonclient.grpc.aio as triton_aio
 
     from anytime.serving.api import anytime_pb2 as pb
     from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+    from anytime.export.repository import read_manifest
+    from anytime.serving.measure import infer_exit, stream_progressive
 
-    out = []
-    with grpc.insecure_channel(address) as ch:
-        stub = pb_grpc.DetectorStub(ch)
-        request = pb.DetectRequest(encoded=data, budget_ms=10_000, min_exit=exit, max_exit=exit)
-        for i in range(runs + 10):
-            t0 = time.perf_counter()
-            r = stub.Detect(request)
-            if i >= 10:
-                assert r.exit == exit
-                out.append((time.perf_counter() - t0) * 1e3)
-    return np.asarray(out)
+    manifest = read_manifest(up.repository)
+    model = next(e["model"] for e in manifest["exits"] if e["exit"] == exit)
+    request = pb.DetectRequest(encoded=data, budget_ms=10_000, min_exit=exit, max_exit=exit)
+    async with grpc.aio.insecure_channel(up.address) as a, grpc.aio.insecure_channel(progressive.address) as b:
+        gateways = {s: pb_grpc.DetectorStub(ch) for s, ch in (("upfront", a), ("progressive", b))}
+        tritons = {"upfront": triton_aio.InferenceServerClient(up.tritons[0].grpc_url),
+                   "progressive": triton_aio.InferenceServerClient(progressive.tritons[0].grpc_url)}
+
+        async def via_gateway(mode):
+            r = await gateways[mode].Detect(request)
+            assert r.exit == exit, r.exit
+
+        async def stream():
+            exits = [e async for e, _ in stream_progressive(tritons["progressive"], manifest["progressive"]["model"],
+                                                            pixels, 10_000.0, (exit, exit))]
+            assert exits == [exit], exits
+
+        try:
+            ms = await alternate({"gateway upfront": lambda: via_gateway("upfront"),
+                                  "gateway progressive": lambda: via_gateway("progressive"),
+                                  "triton upfront": lambda: infer_exit(tritons["upfront"], model, pixels, 10.0),
+                                  "triton progressive": stream}, runs)
+        finally:
+            for client in tritons.values():
+                await client.close()
+    return {path: {mode: {"p50": float(np.percentile(ms[f"{path} {mode}"], 50)),
+                          "p95": float(np.percentile(ms[f"{path} {mode}"], 95))} for mode in ("upfront", "progressive")}
+            for path in ("gateway", "triton")}
+
+
+def graph_sessions(repo: Path, exit: int):
+    """ONNX Runtime sessions made as the served models make them (the runtime's threads, no spinning): the
+    monolithic model of ``exit``, and the progressive model's steps to it (features 1..exit, then head exit)."""
+    import onnxruntime as ort
+
+    from anytime.export.repository import PROGRESSIVE_MODEL, read_manifest
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+    def session(path):
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    manifest = read_manifest(repo)
+    model = next(e["model"] for e in manifest["exits"] if e["exit"] == exit)
+    stages = {s["stage"]: s for s in manifest["progressive"]["stages"]}
+    d = repo / PROGRESSIVE_MODEL / "1"
+    chain = [session(d / stages[k]["features"]) for k in range(1, exit + 1)] + [session(d / stages[exit]["head"])]
+    return session(repo / model / "1" / "model.onnx"), chain
+
+
+def run_chain(chain, images: np.ndarray):
+    """The progressive model's steps in turn, each step's outputs the next one's inputs (in their order)."""
+    out = chain[0].run(None, {chain[0].get_inputs()[0].name: images})
+    for step in chain[1:]:
+        out = step.run(None, dict(zip((i.name for i in step.get_inputs()), out)))
+    return out
+
+
+def graph_times(repo: Path, exit: int, image_size: int, runs: int, sizes=(1, 2, 4, 8)) -> dict:
+    """The graphs alone, in this process (the served stacks idle): p50 ms of the monolithic exit against the chain
+    of steps at batch 1, taking turns (the floor of splitting the model into stages, before any serving cost), and
+    ms per image of the chain at each batch size (what stage batching can gain on this machine's graphs)."""
+    mono, chain = graph_sessions(repo, exit)
+    rng = np.random.default_rng(0)
+    one = rng.integers(0, 256, (1, 3, image_size, image_size), dtype=np.uint8)
+    name = mono.get_inputs()[0].name
+    ms = asyncio.run(alternate({"monolithic": lambda: mono.run(None, {name: one}),
+                                "chain": lambda: run_chain(chain, one)}, runs))
+    per_image = {}
+    for _ in range(3):  # rounds over the sizes; the median of the rounds' medians
+        for b in sizes:
+            images = rng.integers(0, 256, (b, 3, image_size, image_size), dtype=np.uint8)
+            t = asyncio.run(alternate({"chain": lambda: run_chain(chain, images)}, max(5, runs // (4 * b)), 2))
+            per_image.setdefault(b, []).append(float(np.median(t["chain"])) / b)
+    return {"monolithic": float(np.median(ms["monolithic"])), "chain": float(np.median(ms["chain"])),
+            "chain_per_image": {str(b): float(np.median(v)) for b, v in per_image.items()}}
 
 
 async def closed_loop(address: str, data: bytes, clients: int, seconds: float, budget_ms: float) -> dict:
@@ -126,7 +219,22 @@ async def closed_loop(address: str, data: bytes, clients: int, seconds: float, b
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - t0
-    return {"answers_per_s": done / elapsed, "errors": errors, "mean_exit": float(np.mean(exits)) if exits else 0.0}
+    return {"answers": done, "seconds": elapsed, "errors": errors, "exits": exits}
+
+
+def saturation(stacks: dict, data: bytes, clients: int = 16, seconds: float = 15.0) -> dict:
+    """Closed loop, ``clients`` sending back to back with a loose budget: answers per second of each stack, in
+    two halves taken in the order A B B A (a linear drift of the machine's speed cancels out)."""
+    order = list(stacks) + list(stacks)[::-1]
+    parts = {mode: [] for mode in stacks}
+    for mode in order:
+        parts[mode].append(asyncio.run(closed_loop(stacks[mode].address, data, clients, seconds / 2, 5000)))
+    out = {}
+    for mode, halves in parts.items():
+        exits = [e for h in halves for e in h["exits"]]
+        out[mode] = {"answers_per_s": sum(h["answers"] for h in halves) / sum(h["seconds"] for h in halves),
+                     "errors": sum(h["errors"] for h in halves), "mean_exit": float(np.mean(exits)) if exits else 0.0}
+    return out
 
 
 # -- the trace ------------------------------------------------------------------------------------------------------------
@@ -260,17 +368,19 @@ def main() -> int:
     log(f"upfront profile p50 {p50}, capacity {capacity:.1f}/s at exit {exits[-1]}, budgets {budgets}")
 
     if "overhead" in parts or "throughput" in parts:
-        for mode in ("upfront", "progressive"):
-            with stack_for(args.repository, mode) as s:
-                if "overhead" in parts:
-                    ms = one_at_a_time(s.address, png, exits[-1], args.runs)
-                    report.setdefault("overhead", {})[mode] = {"p50": float(np.percentile(ms, 50)),
-                                                               "p95": float(np.percentile(ms, 95))}
-                    log(f"overhead {mode}: {report['overhead'][mode]}")
-                if "throughput" in parts:
-                    r = asyncio.run(closed_loop(s.address, png, clients=16, seconds=15.0, budget_ms=5000))
-                    report.setdefault("throughput", {})[mode] = r
-                    log(f"throughput {mode}: {r}")
+        with contextlib.ExitStack() as up:
+            stacks = {mode: up.enter_context(stack_for(args.repository, mode)) for mode in ("upfront", "progressive")}
+            if "overhead" in parts:
+                size = model_info(stacks["upfront"].address).image_size
+                pixels = np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)
+                o = asyncio.run(serving_overhead(stacks["upfront"], stacks["progressive"], png, pixels, exits[-1],
+                                                 args.runs))
+                o["graphs"] = graph_times(args.repository, exits[-1], size, args.runs)
+                report["overhead"] = o
+                log(f"overhead: {o}")
+            if "throughput" in parts:
+                report["throughput"] = saturation(stacks, png)
+                log(f"throughput: {report['throughput']}")
 
     if "trace" in parts or "noise" in parts:
         # Every mode's stack is up for the whole part, and the modes take turns at each load, in an order that
@@ -321,14 +431,30 @@ def outage(row: dict) -> str:
 def print_report(report: dict) -> None:
     if "overhead" in report:
         o = report["overhead"]
-        print(f"\n1. Overhead at batch 1, deepest exit, client's clock: upfront p50 {o['upfront']['p50']:.2f} ms, "
-              f"progressive p50 {o['progressive']['p50']:.2f} ms: {o['progressive']['p50'] / o['upfront']['p50']:.2f}x "
-              "(goal <= 1.15x)")
+        print("1. Overhead at batch 1, the deepest exit, one request at a time, upfront and progressive taking turns "
+              "(p50 ms):")
+        print(f"   {'path':52} {'upfront':>8} {'progressive':>12} {'ratio':>6}")
+        rows = [("client -> gateway -> Triton (goal <= 1.15x)", o["gateway"]["upfront"]["p50"],
+                 o["gateway"]["progressive"]["p50"]),
+                ("client -> Triton (exit model / progressive stream)", o["triton"]["upfront"]["p50"],
+                 o["triton"]["progressive"]["p50"]),
+                ("ONNX Runtime in process (exit graph / the steps)", o["graphs"]["monolithic"], o["graphs"]["chain"])]
+        for label, a, b in rows:
+            print(f"   {label:52} {a:>8.2f} {b:>12.2f} {b / a:>5.2f}x")
     if "throughput" in report:
         t = report["throughput"]
-        print(f"2. Saturation throughput (16 clients, closed loop): upfront {t['upfront']['answers_per_s']:.1f}/s, "
-              f"progressive {t['progressive']['answers_per_s']:.1f}/s: "
+        print(f"2. Saturation throughput (16 clients, closed loop, halves in the order A B B A): upfront "
+              f"{t['upfront']['answers_per_s']:.1f}/s, progressive {t['progressive']['answers_per_s']:.1f}/s: "
               f"{t['progressive']['answers_per_s'] / t['upfront']['answers_per_s']:.2f}x (goal >= 1.5x)")
+        if "overhead" in report:
+            g = report["overhead"]["graphs"]
+            per = g["chain_per_image"]
+            best = min(per.values())
+            print("   the graphs' ceiling for stage batching: ms per image of the steps at batch "
+                  + ", ".join(f"{b}: {ms:.2f}" for b, ms in per.items())
+                  + f" against the exit graph's {g['monolithic']:.2f} at batch 1: at most "
+                  f"{g['monolithic'] / best:.2f}x before any serving cost, and less against upfront, whose exit "
+                  "models Triton's dynamic batcher batches too")
     if "trace" in report:
         print("3. Real-clock trace (met: all requests, client's clock; admitted met: of those not refused at once)")
         print(f"{'load':>5} {'execution':>26} {'met':>7} {'admitted met':>13} {'AP@budget':>10} {'p50/p99 ms':>14}  exits used")

@@ -14,6 +14,7 @@ and back, the responses). It is the tool that says which part of the batch-1 ove
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,19 @@ def snapshot(url: str, stages: int) -> dict:
 
     return {(part, k): tuple(scrape(url, name, stage=str(k), part=part) for name in SERIES)
             for part in ("features", "head") for k in range(1, stages + 1)}
+
+
+async def one_at_a_time(address: str, data: bytes, exit: int, runs: int) -> np.ndarray:
+    """Client-side ms of ``runs`` requests to ``exit`` through the gateway at ``address``, one at a time."""
+    import grpc
+
+    from anytime.serving.api import anytime_pb2 as pb
+    from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+
+    request = pb.DetectRequest(encoded=data, budget_ms=10_000, min_exit=exit, max_exit=exit)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.DetectorStub(channel)
+        return (await bench.alternate({"detect": lambda: stub.Detect(request)}, runs))["detect"]
 
 
 def main() -> int:
@@ -57,10 +71,10 @@ def main() -> int:
             url = stack.tritons[0].metrics_url
             time.sleep(0.5)  # the metrics of the gateway's calibration are written
             before = snapshot(url, deepest)
-            ms = bench.one_at_a_time(stack.address, png, deepest, args.runs)
+            ms = asyncio.run(one_at_a_time(stack.address, png, deepest, args.runs))
             time.sleep(0.5)
             after = snapshot(url, deepest)
-        requests = args.runs + 10  # one_at_a_time warms up with 10 it does not time
+        requests = args.runs + 10  # bench.alternate warms up with 10 it does not time
         graphs = calls = 0.0
         print(f"stack {n + 1}: {args.runs} requests to exit {deepest}, client p50 {np.percentile(ms, 50):.2f} ms, "
               f"mean {ms.mean():.2f} ms")

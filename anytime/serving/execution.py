@@ -26,7 +26,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from anytime.serving.latency import LatencyProfile
-from anytime.serving.measure import OUTPUT_NAMES, infer_exit, time_calls, time_triton
+from anytime.serving.measure import infer_exit, stream_progressive, time_calls, time_triton
 from anytime.serving.progressive import REFUSED
 from anytime.serving.scheduler import Request, Scheduler, SchedulerConfig
 
@@ -239,7 +239,7 @@ class ProgressiveExecution(Execution):
             for e in g.exits:
                 t0 = time.perf_counter()
                 mark = (lambda t0=t0: first_stage.append((time.perf_counter() - t0) * 1e3)) if e == g.exits[0] else None
-                async for _ in self._stream(client, pixels, 60_000.0, (e, e), on_first_stage=mark):
+                async for _ in stream_progressive(client, self.model, pixels, 60_000.0, (e, e), on_first_stage=mark):
                     samples[e].append((time.perf_counter() - t0) * 1e3)
         for _ in range(3):  # warm-up
             await one()
@@ -252,7 +252,7 @@ class ProgressiveExecution(Execution):
         batch = max(1, self.max_stage_batch)
 
         async def first_exit_only():
-            async for _ in self._stream(client, pixels, 60_000.0, (1, 1)):
+            async for _ in stream_progressive(client, self.model, pixels, 60_000.0, (1, 1)):
                 pass
         t0 = time.perf_counter()
         await asyncio.gather(*(first_exit_only() for _ in range(2 * batch)))
@@ -275,43 +275,12 @@ class ProgressiveExecution(Execution):
         for _ in range(runs):
             t0 = time.perf_counter()
             try:
-                async for _ in self._stream(client, pixels, 1e-3, (1, 1)):
+                async for _ in stream_progressive(client, self.model, pixels, 1e-3, (1, 1)):
                     pass
             except InferenceServerException:
                 pass
             times.append(time.perf_counter() - t0)
         return float(np.median(times))
-
-    async def _stream(self, client, pixels: np.ndarray, budget_ms: float, exits: tuple[int, int],
-                      every_exit: bool = False, on_first_stage: Callable[[], None] | None = None):
-        """Yield (exit, outputs) as the progressive model sends them; ends after its final response. Without
-        ``every_exit`` the model computes only the head of the exit it answers with (and of any it needs as
-        insurance), so fewer exits may come than a stream would see. ``on_first_stage`` is called when the model
-        says the request's first stage is done."""
-        inputs = [triton_aio.InferInput("images", list(pixels.shape), "UINT8"),
-                  triton_aio.InferInput("budget_ms", [1], "FP64"), triton_aio.InferInput("exits", [2], "INT32"),
-                  triton_aio.InferInput("every_exit", [1], "INT32")]
-        inputs[0].set_data_from_numpy(pixels)
-        inputs[1].set_data_from_numpy(np.array([budget_ms], np.float64))
-        inputs[2].set_data_from_numpy(np.array(exits, np.int32))
-        inputs[3].set_data_from_numpy(np.array([int(every_exit)], np.int32))
-
-        async def requests():
-            yield {"model_name": self.model, "inputs": inputs}
-        stream = client.stream_infer(requests())
-        try:
-            async for result, error in stream:
-                if error is not None:
-                    raise error
-                exit, final = int(result.as_numpy("exit")[0]), bool(result.as_numpy("final")[0])
-                if exit > 0:
-                    yield exit, {n: result.as_numpy(n) for n in OUTPUT_NAMES}
-                elif not final and on_first_stage is not None:  # progress: the request's first stage is done
-                    on_first_stage()
-                if final:  # (exit 0 and final: the end marker of a request stopped before its deepest exit)
-                    return
-        finally:
-            stream.cancel()  # a no-op once the stream ended; otherwise the model drops the request's stages
 
     def ready(self, req: Request) -> None:
         req.payload.task = self.gateway.spawn(self._run(req))
@@ -354,9 +323,9 @@ class ProgressiveExecution(Execution):
                     whole = self.scheduler.profiles[address].expected(req.min_exit)
                     left = max(whole - self.first_stage[address], 0.05 * whole)
                     self.scheduler.progress(req, left / whole, time.monotonic())
-                async for exit, outputs in self._stream(self.clients[address], pending.pixels, budget_ms, exits,
-                                                        every_exit=pending.on_exit is not None,
-                                                        on_first_stage=first_stage_done):
+                async for exit, outputs in stream_progressive(self.clients[address], self.model, pending.pixels,
+                                                              budget_ms, exits, every_exit=pending.on_exit is not None,
+                                                              on_first_stage=first_stage_done):
                     if exit < req.min_exit:  # of no use to it (a stream of every exit): still reserved
                         continue
                     self.scheduler.cancel(req)

@@ -105,6 +105,43 @@ async def infer_exit(client, model: str, pixels: np.ndarray, timeout: float | No
     return {n: result.as_numpy(n) for n in OUTPUT_NAMES}
 
 
+async def stream_progressive(client, model: str, pixels: np.ndarray, budget_ms: float, exits: tuple[int, int],
+                             every_exit: bool = False, on_first_stage: Callable[[], None] | None = None):
+    """One request to the progressive model (a decoupled model: a stream of responses) through tritonclient's
+    asyncio gRPC client: yields (exit, outputs) as the model sends them and ends after its final response.
+
+    ``exits``: (min, max) exit wanted (max 0: the deepest). Without ``every_exit`` the model computes only the head
+    of the exit it answers with (and of any it needs as insurance), so fewer exits may come than a stream of
+    refinements would see. ``on_first_stage`` is called when the model says the request's first stage is done.
+    Leaving early (the caller stops iterating) cancels the stream, and with it the request's remaining stages."""
+    import tritonclient.grpc.aio as triton_aio
+
+    inputs = [triton_aio.InferInput("images", list(pixels.shape), "UINT8"),
+              triton_aio.InferInput("budget_ms", [1], "FP64"), triton_aio.InferInput("exits", [2], "INT32"),
+              triton_aio.InferInput("every_exit", [1], "INT32")]
+    inputs[0].set_data_from_numpy(pixels)
+    inputs[1].set_data_from_numpy(np.array([budget_ms], np.float64))
+    inputs[2].set_data_from_numpy(np.array(exits, np.int32))
+    inputs[3].set_data_from_numpy(np.array([int(every_exit)], np.int32))
+
+    async def requests():
+        yield {"model_name": model, "inputs": inputs}
+    stream = client.stream_infer(requests())
+    try:
+        async for result, error in stream:
+            if error is not None:
+                raise error
+            exit, final = int(result.as_numpy("exit")[0]), bool(result.as_numpy("final")[0])
+            if exit > 0:
+                yield exit, {n: result.as_numpy(n) for n in OUTPUT_NAMES}
+            elif not final and on_first_stage is not None:  # progress: the request's first stage is done
+                on_first_stage()
+            if final:  # (exit 0 and final: the end marker of a request stopped before its deepest exit)
+                return
+    finally:
+        stream.cancel()  # a no-op once the stream ended; otherwise the model drops the request's stages
+
+
 async def time_calls(call: Callable[[], Awaitable | object], runs: int, warmup: int) -> list[float]:
     """Seconds per call of ``call`` (a coroutine function or a plain one), one at a time, after ``warmup``
     untimed calls (caches, thread pools). The one timing loop of the project: Triton, ONNX Runtime and PyTorch
