@@ -22,6 +22,22 @@ def scrape(url: str, name: str, **labels: str) -> float:
                for s in family.samples if s.name in (name, name + "_total") and labels.items() <= s.labels.items())
 
 
+def scrape_settled(url: str, name: str, quiet_s: float = 0.3, timeout: float = 10.0, **labels: str) -> float:
+    """``scrape`` until the value has stayed the same for ``quiet_s`` seconds (or ``timeout`` passes): a baseline
+    that no write still pending from earlier events can move. The progressive model writes its metrics at most every
+    ``metrics_interval_ms`` (100 by default), so ``quiet_s`` must be longer than that."""
+    import time
+
+    end = time.monotonic() + timeout
+    value, since = scrape(url, name, **labels), time.monotonic()
+    while time.monotonic() - since < quiet_s and time.monotonic() < end:
+        time.sleep(0.02)
+        now = scrape(url, name, **labels)
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
+
+
 def scrape_until(url: str, name: str, done, timeout: float = 10.0, **labels: str) -> float:
     """``scrape`` until ``done(value)`` holds or ``timeout`` seconds pass; the last value either way.
 

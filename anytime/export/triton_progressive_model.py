@@ -16,12 +16,13 @@ A worker thread runs the stages; ``anytime.serving.progressive.StageEngine`` (pu
 clock) decides which step (a stage's features or an exit's head) runs next, for which requests together, and which
 requests stop. It imports numpy only, never torch. Config parameters: ``features`` and ``heads`` (the files, in
 order), ``levels`` (pyramid levels of the features), ``max_stage_batch``, ``intra_op_thread_count``,
-``planning_quantile``, ``margin_ms``.
+``planning_quantile``, ``margin_ms``, ``metrics_interval_ms``.
 
 Custom metrics on Triton's /metrics: ``anytime_stage_runs``, ``anytime_stage_images``, ``anytime_stage_graph_seconds``
 and ``anytime_stage_call_seconds`` per stage and part (features, head), ``anytime_progressive_requests`` per outcome
-(done, failed, cancelled). They are written by one thread of their own (``anytime.serving.backend_metrics``), a
-moment after the events they count: two threads updating a metric crash Triton.
+(done, failed, cancelled). They are written by one thread of their own (``anytime.serving.backend_metrics``), at
+most every ``metrics_interval_ms`` (default 100; 0: after each event), so they show a moment after the events they
+count: two threads updating a metric crash Triton, and each write costs the graphs running beside it.
 """
 
 import json
@@ -105,7 +106,7 @@ class TritonPythonModel:
         # Written from one thread of its own: the stub crashes Triton when two threads update a metric (see
         # anytime.serving.backend_metrics), and each update is a round trip to the server. Outcomes are written last,
         # so a reader who sees an outcome also sees the stage counts of the calls before it.
-        self.metrics = MetricWriter()
+        self.metrics = MetricWriter(interval_s=float(params.get("metrics_interval_ms") or 100) / 1000)
         for group in (self.m_runs, self.m_images, self.m_graph_seconds, self.m_call_seconds, self.m_outcome):
             self.metrics.track(*group.values())
         # Responses go out from a thread of their own, in the order they were queued (``_send_loop``)

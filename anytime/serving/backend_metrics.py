@@ -16,6 +16,13 @@ Why not call ``Metric.increment`` where the event happens:
 So events only add to a pending total (any thread, under a lock), and one thread writes the totals to Triton: the
 metric families' order decides the order of each write, so a reader who sees a later family's update also sees
 what was pending for the earlier ones at that moment (tests wait for the outcome counters, written last).
+
+- **Even from one thread, the writes cost the model's graphs.** On two cores, the writer's round trips run while the
+  next ONNX graph wants both cores: a request alone to exit 4 made 20 writes, and taking them out made it about
+  0.9 ms faster (22.1 -> 21.2 ms p50 through Triton, alternating). So the writer can wait ``interval_s`` after
+  the first pending event: the events of that moment coalesce into one write per metric. Prometheus scrapes every
+  few seconds; a tenth of a second of delay is invisible there.
+
 Imports nothing from Triton: the metrics are passed in.
 """
 
@@ -29,10 +36,14 @@ class MetricWriter:
 
     ``add(metric, value)`` from any thread; ``close()`` writes what is pending and stops the thread (call it in the
     model's ``finalize``, before its metric families go). Metrics are written in the order they were first
-    registered with ``track`` (untracked ones last), every pending one each round.
+    registered with ``track`` (untracked ones last), every pending one each round. A round starts ``interval_s``
+    after the first event pending for it (0: at once), or at once on ``close``.
     """
 
-    def __init__(self, name: str = "anytime-metrics"):
+    def __init__(self, name: str = "anytime-metrics", interval_s: float = 0.0):
+        if interval_s < 0:
+            raise ValueError(f"interval_s must be >= 0, got {interval_s!r}")
+        self.interval_s = interval_s
         self._pending: dict[int, list] = {}  # id(metric) -> [metric, total] (Triton's objects need not hash)
         self._rank: dict[int, int] = {}
         self._cond = threading.Condition()
@@ -63,6 +74,8 @@ class MetricWriter:
             with self._cond:
                 while not self._pending and not self._closed:
                     self._cond.wait()
+                if self.interval_s and not self._closed:  # let the events of the next moment join this round
+                    self._cond.wait_for(lambda: self._closed, timeout=self.interval_s)
                 batch, self._pending = self._pending, {}
                 if not batch and self._closed:
                     return

@@ -17,7 +17,7 @@ from anytime.export.onnx import (CANDIDATE_NAMES, OUTPUT_NAMES, export_exit, exp
                                  features_io, head_io)
 from anytime.export.verify import NmsSettings, check_candidates, check_nms
 from anytime.serving.triton import TritonServer, free_ports
-from anytime.testing import random_detector, scrape, scrape_until, tiny_config
+from anytime.testing import random_detector, scrape, scrape_settled, scrape_until, tiny_config
 
 EXITS = 4
 
@@ -112,7 +112,8 @@ def test_exits_stream_in_increasing_order_and_an_impossible_budget_is_an_error(t
 
 def test_an_answer_alone_runs_only_its_own_head(triton):
     """Without every_exit, a request with time for exit 4 gets exit 4 alone: heads 1-3 never run for it."""
-    heads = {k: scrape(triton.metrics_url, "anytime_stage_images", stage=str(k), part="head") for k in range(1, 5)}
+    heads = {k: scrape_settled(triton.metrics_url, "anytime_stage_images", stage=str(k), part="head")
+             for k in range(1, 5)}
     client, answers = _stream(triton)
     try:
         client.async_stream_infer("anytime_progressive", _request(10_000, every_exit=False), request_id="lazy")
@@ -130,8 +131,8 @@ def test_sixteen_streams_at_once_each_run_every_step_once(triton):
     """16 streams sent at once: each gets every exit, and each step runs once per request (in calls of one or
     more: whether sharing a call pays is the engine's judgement, tested on a simulated clock in
     tests/serving/test_progressive.py, since on a CPU a batch can cost its size in time)."""
-    runs = scrape(triton.metrics_url, "anytime_stage_runs")
-    images = scrape(triton.metrics_url, "anytime_stage_images")
+    runs = scrape_settled(triton.metrics_url, "anytime_stage_runs")
+    images = scrape_settled(triton.metrics_url, "anytime_stage_images")
     client, answers = _stream(triton)
     try:
         for i in range(16):
@@ -147,8 +148,8 @@ def test_sixteen_streams_at_once_each_run_every_step_once(triton):
 
 
 def test_a_cancelled_request_runs_no_further_stage(triton):
-    deepest = scrape(triton.metrics_url, "anytime_stage_images", stage=str(EXITS))
-    cancelled = scrape(triton.metrics_url, "anytime_progressive_requests", outcome="cancelled")
+    deepest = scrape_settled(triton.metrics_url, "anytime_stage_images", stage=str(EXITS))
+    cancelled = scrape_settled(triton.metrics_url, "anytime_progressive_requests", outcome="cancelled")
     client = tc.InferenceServerClient(triton.grpc_url)
     first = queue.Queue()
     client.start_stream(callback=lambda result, error: first.put(result))

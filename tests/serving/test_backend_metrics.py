@@ -7,6 +7,8 @@ the progressive model's tests run it inside Triton."""
 import threading
 import time
 
+import pytest
+
 from anytime.serving.backend_metrics import MetricWriter
 
 
@@ -92,3 +94,28 @@ def test_a_refused_update_is_counted_and_the_writer_goes_on():
     assert settle([a], [3.0]) == [3.0]
     writer.close()
     assert writer.errors == 1
+
+
+def test_an_interval_coalesces_the_events_of_a_moment_into_one_write():
+    log = []
+    a = Counter("a", log)
+    writer = MetricWriter(interval_s=0.2)
+    for _ in range(50):
+        writer.add(a)
+    assert settle([a], [50.0]) == [50.0]
+    assert len(log) == 1  # fifty events, one round trip to Triton
+    writer.close()
+
+
+def test_close_does_not_wait_out_the_interval():
+    a = Counter("a", [])
+    writer = MetricWriter(interval_s=30.0)
+    writer.add(a, 4)
+    t0 = time.monotonic()
+    writer.close()
+    assert a.value == 4 and time.monotonic() - t0 < 5.0 and not writer._thread.is_alive()
+
+
+def test_a_negative_interval_is_refused():
+    with pytest.raises(ValueError, match="interval_s"):
+        MetricWriter(interval_s=-1.0)

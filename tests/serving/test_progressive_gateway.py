@@ -18,7 +18,7 @@ from anytime.export.exporter import export_repository
 from anytime.serving.api import anytime_pb2 as pb
 from anytime.serving.api import anytime_pb2_grpc as pb_grpc
 from anytime.serving.stack import ServingStack
-from anytime.testing import random_detector, scrape, scrape_until, tiny_config
+from anytime.testing import random_detector, scrape, scrape_settled, scrape_until, tiny_config
 
 EXITS = 6
 EXECUTION = "progressive"  # the stack fixture (tests/serving/conftest.py) serves with it
@@ -46,7 +46,8 @@ def profile(stub) -> dict[int, float]:
 
 
 def stage_images(stack, stage: int) -> float:
-    return scrape(stack.tritons[0].metrics_url, "anytime_stage_images", stage=str(stage))
+    """Images through ``stage`` so far, once no write of earlier events is pending."""
+    return scrape_settled(stack.tritons[0].metrics_url, "anytime_stage_images", stage=str(stage))
 
 
 def test_exits_stream_in_increasing_order_and_the_last_is_the_answer(stub):
