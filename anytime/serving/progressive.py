@@ -33,10 +33,10 @@ Decisions, each time the executor is free (``plan``):
   while the fastest plausible time fits: then trying costs nobody else anything.
 - **Order.** Earliest deadline first across steps, with answers before depth: a request's *mandatory* work is
   what it needs for an answer (its first useful exit, or the head of features it may answer with), the rest is
-  optional. An optional step (deeper features of a request that has or could have an answer) runs only when it
-  leaves every waiting request's mandatory work in time, served earliest deadline first; otherwise the
-  earliest-deadline mandatory step runs instead (slack stealing, ``_harmed``). Admission counts the same
-  mandatory work, so depth does not cost an admitted request its answer.
+  optional. An optional step (deeper features of a request that has or could have an answer, or a deeper head of
+  one that has an answer) runs only when it leaves every waiting request's mandatory work in time, served earliest
+  deadline first; otherwise the earliest-deadline mandatory step runs instead (slack stealing, ``_harmed``).
+  Admission counts the same mandatory work, so depth does not cost an admitted request its answer.
 - **Batching.** At the chosen step, the call takes the batch size under which the most waiting requests reach
   their next useful exit in time when the queue is served in calls of that size (a larger batch takes longer, so
   it can block the requests behind it past their deadlines; among sizes that serve as many, the one with the
@@ -124,7 +124,7 @@ class Plan:
 class StageEngine:
     def __init__(self, profile: LatencyProfile, num_stages: int, max_batch: int = 8, margin_s: float = 0.001,
                  hope_quantile: float = 0.5, insure_quantile: float = 0.99, alone_quantile: float = 0.05,
-                 protect_z: float = 1.64):
+                 protect_z: float = 1.64, optional_heads: bool = True):
         # protect_z 1.64 (95% one-sided for a normal sum): on the real clock, with upfront in the same runs, it kept
         # 86-90% of admitted requests in time at 80% load against 69-79% without it, and met as many in all
         # (README, "A safety for the noise of the queue")
@@ -138,6 +138,9 @@ class StageEngine:
         # standard deviations of the work before a request's answer (and of its own) that its slack must keep
         # (see _harmed): the work of several requests ahead is a sum of calls whose noise partly averages out
         self.protect_z = protect_z
+        # whether the head of a request that has an answer is depth (run only in the slack, ``_harmed``) rather than
+        # work that runs in its deadline's turn unchecked; False only to compare (benchmarks/stage_engine_sim.py)
+        self.optional_heads = optional_heads
         steps = [Step(FEATURES, k) for k in range(1, num_stages + 1)] + [Step(HEAD, k) for k in range(1, num_stages + 1)]
         # features before heads: a request that falls back to its head moves to a queue that plan() looks at later
         self._queues: dict[Step, list[tuple[float, int, Job]]] = {s: [] for s in steps}
@@ -406,10 +409,17 @@ class StageEngine:
             return (Step(HEAD, job.features),)
         return self._path(job)
 
-    @staticmethod
-    def _optional(step: Step, job: Job) -> bool:
-        """Whether running ``step`` for ``job`` only deepens an answer it has or could have (its fallback)."""
-        return step.kind == FEATURES and (job.answered or job.features >= job.min_exit)
+    def _optional(self, step: Step, job: Job) -> bool:
+        """Whether running ``step`` for ``job`` only deepens an answer it has or could have (its fallback): deeper
+        features, and the head of a deeper exit once it has an answer. That head is the dearest step of the default
+        model (5.5 ms against 2.5 ms for a pyramid network), and while it ran in its deadline's turn unchecked it
+        delayed the answers of requests due after it that admission had counted on. In the simulator replaying
+        real runs' traces (``stage_engine_sim.py``; runs D, E, G at noise sigma 0.3, D and G at 0.6; 4 seeds each),
+        treating it as depth cut the admitted requests left without an exit from 2.8-11.2% to 2.2-9.8% of all
+        requests and met 0.5-2.7 points more, at every load."""
+        if step.kind == HEAD:
+            return self.optional_heads and job.answered
+        return job.answered or job.features >= job.min_exit
 
     def _harmed(self, delay: float, now: float) -> list[Job]:
         """The waiting requests (in deadline order) whose mandatory work, served earliest deadline first from

@@ -228,6 +228,28 @@ def test_a_step_of_answered_requests_yields_when_it_would_make_a_first_exit_late
     assert e3.plan(0.010).jobs == [old]
 
 
+def test_a_deeper_head_of_an_answered_request_yields_when_it_would_make_a_first_exit_late():
+    """The head of an exit deeper than the answer a request has is depth too: it runs only in the slack."""
+    def scene(**kwargs):
+        e = engine(max_batch=1, **kwargs)
+        old = job(11)  # due first, at 11 ms
+        old.features, old.exit, old.next = 2, 1, h(2)  # exit 1 in hand, stage 2's features done: head 2 next
+        e._push(old)
+        new = job(12)  # due at 12 ms; its f1 + h1 take 10: 2 ms to spare, less than old's head 2 (4 ms)
+        assert e.add(new, 0.0)
+        return e, old, new
+
+    e, old, new = scene()
+    plan = e.plan(0.0)
+    assert plan.step == f(1) and plan.jobs == [new]
+    e.ran(plan.step, plan.jobs, 0.006, 0.006)
+    calls, _, finished, failed = run_to_end(e, 0.006)
+    assert not failed and new.exit == 1 and old.exit == 1  # old keeps the answer it had; new gets one
+    e, old, new = scene(optional_heads=False)  # as before: the deeper head ran in its deadline's turn, unchecked,
+    plan = e.plan(0.0)
+    assert plan.step == h(2) and plan.jobs == [old]  # and new's first exit could only end at 14 ms
+
+
 def test_min_exit_is_planned_as_a_whole_and_max_exit_ends_the_request():
     e = engine()
     capped = job(1000, max_exit=2)
