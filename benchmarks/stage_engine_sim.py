@@ -1,7 +1,7 @@
 """The stage engine alone on a simulated clock, replaying the traces of a real run: where requests end.
 
     .venv/bin/python benchmarks/stage_engine_sim.py [--real runs/bench/progressive.json] [--sigma 0.3]
-        [--set protect_z=1.0 --set insure_quantile=0.9]
+        [--set protect_z=1.0 --set insure_quantile=0.9 --set optional_heads=0]
 
 For exploring, and beside the real clock only: it replays, request for request (``plan_trace`` with the run's
 seeds, rates and budgets), the progressive rows of a ``benchmarks/progressive.py`` report and prints the real

@@ -414,9 +414,9 @@ class StageEngine:
         features, and the head of a deeper exit once it has an answer. That head is the dearest step of the default
         model (5.5 ms against 2.5 ms for a pyramid network), and while it ran in its deadline's turn unchecked it
         delayed the answers of requests due after it that admission had counted on. In the simulator replaying
-        real runs' traces (``stage_engine_sim.py``; runs D, E, G at noise sigma 0.3, D and G at 0.6; 4 seeds each),
-        treating it as depth cut the admitted requests left without an exit from 2.8-11.2% to 2.2-9.8% of all
-        requests and met 0.5-2.7 points more, at every load."""
+        real runs' traces (``benchmarks/stage_engine_sim.py``'s ``simulate``, ``optional_heads`` off and on; runs D,
+        E, G at noise sigma 0.3, D and G at 0.6; 4 seeds each), treating it as depth cut the admitted requests left
+        without an exit from 2.8-11.2% to 2.2-9.8% of all requests and met 0.5-2.7 points more, at every load."""
         if step.kind == HEAD:
             return self.optional_heads and job.answered
         return job.answered or job.features >= job.min_exit
