@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import inspect
 import json
 import multiprocessing
 import shutil
@@ -92,17 +91,17 @@ def model_info(address: str):
 async def alternate(calls: dict, runs: int, warmup: int = 10) -> dict[str, np.ndarray]:
     """Milliseconds per call of each of ``calls`` (name -> a coroutine function or a plain one), one call at a time,
     the calls taking turns (one round in order, the next reversed), so that a drift of the machine's speed weighs on
-    each alike."""
+    each alike. Each call is timed by the project's one timing loop (``time_calls``), one call per turn."""
+    from anytime.serving.measure import time_calls
+
     names = list(calls)
     out = {n: [] for n in names}
     for i in range(warmup + runs):
         for name in names if i % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
-            if inspect.isawaitable(r := calls[name]()):
-                await r
+            seconds = await time_calls(calls[name], 1, 0)
             if i >= warmup:
-                out[name].append((time.perf_counter() - t0) * 1e3)
-    return {n: np.asarray(v) for n, v in out.items()}
+                out[name] += seconds
+    return {n: np.asarray(v) * 1e3 for n, v in out.items()}
 
 
 async def serving_overhead(up, progressive, data: bytes, pixels: np.ndarray, exit: int, runs: int) -> dict:

@@ -24,9 +24,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import progressive as bench  # noqa: E402  (benchmarks/progressive.py: one request at a time)
+import progressive as bench  # noqa: E402  (benchmarks/progressive.py: the gateway's model info)
 
 SERIES = ("anytime_stage_runs", "anytime_stage_graph_seconds", "anytime_stage_call_seconds")
+WARMUP = 10  # requests sent before the timed ones; Triton's metrics count them too
 
 
 def snapshot(url: str, stages: int) -> dict:
@@ -43,10 +44,17 @@ async def one_at_a_time(address: str, data: bytes, exit: int, runs: int) -> np.n
     from anytime.serving.api import anytime_pb2 as pb
     from anytime.serving.api import anytime_pb2_grpc as pb_grpc
 
+    from anytime.serving.measure import time_calls
+
     request = pb.DetectRequest(encoded=data, budget_ms=10_000, min_exit=exit, max_exit=exit)
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.DetectorStub(channel)
-        return (await bench.alternate({"detect": lambda: stub.Detect(request)}, runs))["detect"]
+
+        async def detect():
+            r = await stub.Detect(request)
+            assert r.exit == exit, r.exit
+
+        return np.asarray(await time_calls(detect, runs, WARMUP)) * 1e3
 
 
 def main() -> int:
@@ -74,7 +82,7 @@ def main() -> int:
             ms = asyncio.run(one_at_a_time(stack.address, png, deepest, args.runs))
             time.sleep(0.5)
             after = snapshot(url, deepest)
-        requests = args.runs + 10  # bench.alternate warms up with 10 it does not time
+        requests = args.runs + WARMUP
         graphs = calls = 0.0
         print(f"stack {n + 1}: {args.runs} requests to exit {deepest}, client p50 {np.percentile(ms, 50):.2f} ms, "
               f"mean {ms.mean():.2f} ms")

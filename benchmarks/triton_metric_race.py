@@ -87,7 +87,7 @@ def run_mode(mode: str, seconds: float, threads: int) -> dict:
     import tritonclient.grpc as grpcclient
 
     from anytime.serving.triton import TritonConfig, TritonServer, TritonServerError, free_ports
-    from anytime.testing import scrape
+    from anytime.testing import scrape_until
 
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
@@ -116,8 +116,9 @@ def run_mode(mode: str, seconds: float, threads: int) -> dict:
                 x = grpcclient.InferInput("x", [1], "INT32")
                 x.set_data_from_numpy(np.zeros(1, np.int32))
                 row["made"] = int(client.infer("race", [x]).as_numpy("made")[0])
-                time.sleep(0.5)  # the writer's last round
-                row["counted"] = int(scrape(server.metrics_url, "race_updates", mode=mode))
+                # the writer's last round may still be on its way: wait for it, a few seconds at most
+                row["counted"] = int(scrape_until(server.metrics_url, "race_updates", lambda v: v >= row["made"],
+                                                  timeout=5.0, mode=mode))
         finally:
             rc = server.stop()
         # the exit status of a server that died (a negative one is the signal that killed it)
