@@ -24,6 +24,23 @@ class UserError(Exception):
     """A problem with the user's input: printed as one clear line, exit status 2, no traceback."""
 
 
+# (module, name) of the other errors that are the user's mistake: printed like UserError. Looked up only in modules
+# already imported: an error whose module was never imported cannot have been raised, and importing them here would
+# put torch (the checkpoint, the dataset) into every command, ``anytime serve`` and ``anytime detect`` included.
+USER_ERRORS = [
+    ("anytime.config", "ConfigError"),
+    ("anytime.model.spec", "ArchitectureError"),
+    ("anytime.data.coco", "DatasetError"),
+    ("anytime.train.checkpoint", "CheckpointError"),
+]
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The exception types ``main`` prints as one line with exit status 2 instead of a traceback."""
+    loaded = (getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules)
+    return (UserError, FileNotFoundError, *loaded)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anytime", description="Anytime object detection: train, export, serve under deadlines.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -44,14 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from anytime.config import ConfigError
-    from anytime.data.coco import DatasetError
-    from anytime.model.spec import ArchitectureError
-    from anytime.train.checkpoint import CheckpointError
-
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError, ArchitectureError, DatasetError, CheckpointError, FileNotFoundError) as e:
+    except user_error_types() as e:  # evaluated only once something was raised
         print(f"anytime {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from anytime.config import DEFAULT_CHECKPOINT
-    from anytime.export.exporter import ensure_exported
+    from anytime.export.ensure import ensure_exported
     from anytime.serving.measure import ProfileSettings, format_table, plot, run_profile
     from anytime.export.repository import read_manifest
     from anytime.train.checkpoint import load_model

@@ -55,7 +55,7 @@ def main() -> int:
     from anytime.config import DEFAULT_CHECKPOINT
     from anytime.data import DEFAULT_DATA_DIR
     from anytime.data.synth import ensure_default
-    from anytime.export.exporter import ensure_exported
+    from anytime.export.ensure import ensure_exported
     from anytime.export.repository import read_manifest
     from anytime.imaging import decode, letterbox
     from anytime.serving.latency import LatencyProfile

@@ -347,7 +347,7 @@ def main() -> int:
     from anytime.config import DEFAULT_CHECKPOINT
     from anytime.data import DEFAULT_DATA_DIR
     from anytime.data.synth import ensure_default
-    from anytime.export.exporter import ensure_exported
+    from anytime.export.ensure import ensure_exported
 
     def log(message):
         print(message, file=sys.stderr, flush=True)

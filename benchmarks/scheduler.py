@@ -167,7 +167,7 @@ def main() -> int:
     from anytime.config import DEFAULT_CHECKPOINT
     from anytime.data import DEFAULT_DATA_DIR
     from anytime.data.synth import ensure_default
-    from anytime.export.exporter import ensure_exported
+    from anytime.export.ensure import ensure_exported
     from anytime.export.repository import read_manifest
     from anytime.clients.loadgen import evaluate_results, open_dataset, plan_trace, run_setting
     from anytime.serving.stack import ServingStack

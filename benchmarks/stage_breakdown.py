@@ -62,7 +62,7 @@ def main() -> int:
     from anytime.config import DEFAULT_CHECKPOINT
     from anytime.data import DEFAULT_DATA_DIR
     from anytime.data.synth import ensure_default
-    from anytime.export.exporter import ensure_exported
+    from anytime.export.ensure import ensure_exported
     from anytime.serving.stack import ServingStack
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -85,7 +85,7 @@ def main() -> int:
     import tritonclient.utils.shared_memory as shm
 
     from anytime.config import DEFAULT_CHECKPOINT
-    from anytime.export.exporter import ensure_exported
+    from anytime.export.ensure import ensure_exported
     from anytime.export.repository import read_manifest
     from anytime.serving.triton import TritonServer, free_ports
 

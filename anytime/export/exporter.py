@@ -2,6 +2,9 @@
 
 Everything is exported and verified in memory before the first byte is written, so a bad checkpoint leaves
 an existing repository untouched; each model version directory is then swapped in atomically.
+
+This module imports torch. Whether a repository needs an export at all, and the export run in a child process
+for the processes that serve, are in ``anytime.export.ensure``.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import torch
 
 from anytime.export.onnx import INPUT_NAME, OUTPUT_NAMES, export_exit, export_features, export_head, served_graph
 from anytime.export.repository import (PROGRESSIVE_MODEL, ProgressiveModelConfig, features_file, head_file,
-                                       model_name, read_manifest, refresh_runners, sha256_file, write_manifest,
-                                       write_model_dir, write_progressive_dir)
+                                       model_name, read_manifest, sha256_file, write_manifest, write_model_dir,
+                                       write_progressive_dir)
 from anytime.export.verify import Mismatch, verify_features, verify_graph, verify_head
 
 MODEL_PREFIX = model_name(0)[:-1]  # "anytime_exit"
@@ -119,36 +122,5 @@ def _export_stages(model, probe: torch.Tensor, verify: bool, progress) -> tuple[
     return features, heads
 
 
-def _has_split_stages(manifest: dict) -> bool:
-    """Whether the manifest has a progressive model of features and head graphs (an export from before stages
-    were split in two counts as having none: today's progressive model cannot serve it)."""
-    stages = (manifest.get("progressive") or {}).get("stages") or []
-    return bool(stages) and all("head" in s for s in stages)
-
-
 def _same_models(old: dict | None, exits: list[dict]) -> bool:
     return bool(old) and [e.get("sha256") for e in old.get("exits", [])] == [e["sha256"] for e in exits]
-
-
-def ensure_exported(repository: str | Path, checkpoint: str | Path, replace_stale: bool = False,
-                    stages: bool = True, progress=print) -> Path:
-    """Export ``checkpoint`` into ``repository`` unless it already holds an export.
-
-    With ``replace_stale``, an export of any other checkpoint (by file hash) is replaced too; without it, an
-    existing export is served as it is, whatever model it holds. With ``stages`` (progressive execution needs
-    them), an export without the progressive model is redone either way.
-    """
-    from anytime.train.checkpoint import load_model
-
-    repository = Path(repository)
-    if (repository / "manifest.json").exists():
-        held = read_manifest(repository)
-        if (_has_split_stages(held) or not stages) and (not replace_stale or held.get("checkpoint_sha256") == sha256_file(checkpoint)):
-            replaced = refresh_runners(repository)
-            if replaced:
-                progress(f"{repository}/: updated the python runner of {', '.join(replaced)} to this version's")
-            return repository
-    progress(f"exporting {checkpoint} into {repository}/")
-    model, meta = load_model(checkpoint)
-    export_repository(model, meta, repository, progress=progress)
-    return repository
