@@ -8,6 +8,8 @@ so that the serving path imports neither torch nor torchvision.
 from __future__ import annotations
 
 import io
+import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -33,16 +35,52 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float]:
     """uint8 [3, size, size]: the longer side resized to ``size`` (bilinear, antialiased), zero padding at the
-    right and bottom; and the scale factor (model pixels per image pixel, so original = box / scale)."""
-    image = to_rgb(image)
-    w, h = image.size
+    right and bottom; and the scale factor (model pixels per image pixel, so original = box / scale).
+
+    An image opened and not yet decoded (``open_image``) is decoded here, as cheaply as its format allows: a JPEG
+    at least twice the needed size is decoded in the DCT domain at 1/2, 1/4 or 1/8 of its size (Pillow's
+    ``draft``), never below the letterboxed size, and large downscales go through an integer box reduction first
+    (``reducing_gap``). Both change the last bits of the pixels, not what the image shows; evaluation and serving
+    call this same function on the same encoded bytes, so what was measured offline is what is served.
+    """
+    w, h = image.size  # from the header: the original size, whatever the decoder does below
     factor = size / max(h, w)
     new = (max(1, round(w * factor)), max(1, round(h * factor)))
-    if new != (w, h):
-        image = image.resize(new, Image.Resampling.BILINEAR)
+    if image.format == "JPEG" and not _decoded(image) and factor <= 0.5:
+        image.draft("RGB", new)  # picks the largest DCT reduction that keeps the image at least ``new``
+    image = decoded(image)
+    if image.size != new:
+        image = image.resize(new, Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP)
     out = np.zeros((3, size, size), np.uint8)
     out[:, : new[1], : new[0]] = np.asarray(image).transpose(2, 0, 1)
     return out, factor
+
+
+# Pillow's documented trade-off: a gap of 3 or more is indistinguishable from a plain antialiased resize; only
+# downscales by more than 3x take the box-reduction shortcut, so images near the model's size are resized as before.
+REDUCING_GAP = 3.0
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the encoded header says, before any pixel is decoded: what preparing the image will cost."""
+
+    format: str  # Pillow's format name (JPEG, PNG, GIF, TIFF, WEBP, ...), or RAW for raw pixels
+    width: int
+    height: int
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+    def decoded_megapixels(self, size: int) -> float:
+        """Megapixels the decoder produces for a letterbox to ``size``: a JPEG's DCT scaling decodes fewer."""
+        if self.format != "JPEG":
+            return self.megapixels
+        reduce = 1
+        while reduce < 8 and max(self.width, self.height) / (2 * reduce) >= size:
+            reduce *= 2
+        return math.ceil(self.width / reduce) * math.ceil(self.height / reduce) / 1e6
 
 
 def check_size(width: int, height: int, max_pixels: int) -> None:
@@ -51,22 +89,50 @@ def check_size(width: int, height: int, max_pixels: int) -> None:
                        f"{max_pixels / 1e6:.0f}")
 
 
-def decode(encoded: bytes, max_pixels: int = 40_000_000) -> Image.Image:
-    """An RGB image from encoded bytes (JPEG, PNG, ...); its size is checked against ``max_pixels`` from the
-    header, before the pixels are decoded, so a small file that would inflate to gigabytes costs nothing."""
+def open_image(encoded: bytes, max_pixels: int = 40_000_000) -> Image.Image:
+    """An image opened from encoded bytes (JPEG, PNG, ...) with only its header read: its size is checked against
+    ``max_pixels`` before any pixel is decoded, so a small file that would inflate to gigabytes costs nothing.
+    ``letterbox`` decodes it (cheaply), ``decode`` decodes it whole."""
     if not encoded:
         raise BadImage("the request has no image (empty bytes)")
     try:
         image = Image.open(io.BytesIO(encoded))
         check_size(*image.size, max_pixels)
-        image.load()
     except BadImage:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own, larger limit: refused at open
         raise BadImage(f"the image exceeds the limit of {max_pixels / 1e6:.0f} megapixels ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise BadImage(f"the image bytes cannot be decoded ({type(e).__name__}: {e})") from None
-    return to_rgb(image)
+    return image
+
+
+def header(image: Image.Image) -> Header:
+    return Header(image.format or "RAW", *image.size)
+
+
+def _decoded(image: Image.Image) -> bool:
+    """Whether the pixels are in memory (Pillow 11+ keeps them in ``_im``; older versions in ``im``)."""
+    return getattr(image, "_im", None) is not None or image.__dict__.get("im") is not None
+
+
+def _load(image: Image.Image) -> Image.Image:
+    """Decode the pixels of an opened image; a truncated or corrupt body is a ``BadImage``."""
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadImage(f"the image bytes cannot be decoded ({type(e).__name__}: {e})") from None
+    return image
+
+
+def decoded(image: Image.Image) -> Image.Image:
+    """An opened image decoded whole, as RGB."""
+    return to_rgb(_load(image))
+
+
+def decode(encoded: bytes, max_pixels: int = 40_000_000) -> Image.Image:
+    """An RGB image from encoded bytes, decoded whole (``open_image``'s checks first)."""
+    return decoded(open_image(encoded, max_pixels))
 
 
 def from_pixels(data: bytes, height: int, width: int, channels: int, max_pixels: int = 40_000_000) -> Image.Image:

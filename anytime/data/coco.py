@@ -24,11 +24,12 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from anytime.imaging import to_rgb  # noqa: F401  (re-exported: loaders and tools convert with it)
+from anytime.imaging import decoded, open_image, to_rgb  # noqa: F401  (to_rgb re-exported: loaders and tools convert with it)
 
 BOX_TOLERANCE = 1.0  # px a box may stick out of its image before it counts as an error (then it is clipped)
 MIN_BOX_SIDE = 1.0  # boxes with w or h <= this are dropped silently
 _MAX_LISTED = 10  # problems spelled out in one error or warning
+_MAX_PIXELS = 400_000_000  # a dataset's own images are trusted further than a request's
 
 
 class DatasetError(ValueError):
@@ -131,9 +132,10 @@ class CocoDetection(torch.utils.data.Dataset):
         info = self.coco.imgs[img_id]
         path = self.image_dir / info["file_name"]
         try:
-            with Image.open(path) as im:
-                image = to_rgb(im)
-                image.load()
+            # Opened from its bytes with only the header read: the eval transform decodes it with the gateway's
+            # own function (``anytime.imaging.letterbox``: a large JPEG is decoded at a reduced size), the train
+            # transform whole.
+            image = open_image(path.read_bytes(), max_pixels=_MAX_PIXELS)
         except (OSError, ValueError) as e:
             raise DatasetError(f"{path}: cannot read image (id {img_id}): {e}") from e
         if image.size != (info["width"], info["height"]):
@@ -145,7 +147,7 @@ class CocoDetection(torch.utils.data.Dataset):
                   "orig_size": (image.height, image.width)}
         if self.transform is not None:
             return self.transform(image, target)
-        return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous(), target
+        return torch.from_numpy(np.array(decoded(image))).permute(2, 0, 1).contiguous(), target
 
 
 def collate(batch) -> tuple[torch.Tensor, list[dict]]:
