@@ -283,6 +283,7 @@ class ProgressiveExecution(Execution):
         return float(np.median(times))
 
     def ready(self, req: Request) -> None:
+        self.scheduler.prepared(req, time.monotonic())
         req.payload.task = self.gateway.spawn(self._run(req))
 
     def _endpoint(self) -> str | None:

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import heapq
 import hmac
+import itertools
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +28,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from anytime.export.repository import read_manifest
-from anytime.imaging import BadImage, boxes_to_original, decode, from_pixels, letterbox
+from anytime.imaging import BadImage, Header, boxes_to_original, check_size, from_pixels, header, letterbox, open_image
 from anytime.serving.api import anytime_pb2 as pb
 from anytime.serving.api import anytime_pb2_grpc as pb_grpc
 from anytime.serving.execution import EXECUTIONS, Failure, Pending
+from anytime.serving.imagecost import ImageCost, family
 from anytime.serving.looplag import LoopLag
 from anytime.serving.metrics import GatewayMetrics
 from anytime.serving.scheduler import Rejected, Request, SchedulerConfig
@@ -59,7 +64,9 @@ class GatewayConfig:
     # is a profile from another machine or model (several times off), not noise.
     spot_check_tolerance: float = 2.0
     health_interval_s: float = 0.5
-    decode_workers: int = 2  # images decoded at once; admitted requests beyond wait their turn (in order)
+    # images decoded at once, one per core by default; admitted requests beyond wait their turn, earliest deadline
+    # first (what the scheduler's admission assumed)
+    decode_workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     execution: str = "upfront"  # "upfront" (one exit chosen per request) or "progressive" (stage by stage)
     # progressive: a request is answered this long before its deadline with the exit it has (building and
     # sending the answer takes about that long on a busy 2-core machine), plus however late the event loop has
@@ -87,16 +94,18 @@ class Gateway(pb_grpc.DetectorServicer):
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._stopping = False
-        # Decoding is CPU work on the cores Triton computes on: a bounded pool, in arrival order, so a burst
-        # cannot starve inference (admission already refused what would not fit).
-        self._decode_slots = asyncio.Semaphore(config.decode_workers)
+        # Decoding is CPU work on the cores Triton computes on: a bounded pool, earliest deadline first, so a burst
+        # cannot starve inference (admission already refused what would not fit, its decoding counted).
+        self._decode_slots = DeadlineSlots(config.decode_workers)
         self._decoder = concurrent.futures.ThreadPoolExecutor(config.decode_workers, thread_name_prefix="decode")
+        self.image_cost: ImageCost | None = None  # calibrated at start
 
     # -- start-up -----------------------------------------------------------------------------------------
     async def start(self) -> "Gateway":
-        # Warm the decode/resize path once so the first request does not pay for lazy imports and allocations.
-        await asyncio.get_running_loop().run_in_executor(self._decoder, letterbox, _blank_image(self.image_size),
-                                                         self.image_size)
+        # Time this machine's decoders (the image-cost model's prior); this also warms the decode path, so the
+        # first request does not pay for lazy imports and allocations.
+        self.image_cost = await asyncio.get_running_loop().run_in_executor(
+            self._decoder, lambda: ImageCost.calibrate(self.image_size, quantile=self.config.scheduler.quantile))
         self.loop_lag.start()
         await self.execution.start()
         for address in self.config.endpoints:
@@ -293,19 +302,28 @@ class Gateway(pb_grpc.DetectorServicer):
             if not 0.0 <= request.score_threshold <= 1.0:
                 raise Failure(grpc.StatusCode.INVALID_ARGUMENT,
                               f"score_threshold must be within [0, 1], got {request.score_threshold}")
+            # The image's header says what decoding it will cost: admission counts that work with the model's.
+            try:
+                image, head = self._open(request)
+            except BadImage as e:
+                raise Failure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
             # Admission before decoding, and it reserves the request's place: under overload a refused request
             # costs (almost) nothing, and a burst is judged against itself, not against an empty queue.
             loop = asyncio.get_running_loop()
             pending = Pending(loop.create_future(), arrival)
+            cost = self.image_cost
+            cost.tick(arrival)
+            spread = cost.spread(head)
             req = Request(deadline=arrival + budget, arrival=arrival, min_exit=request.min_exit or 1,
-                          max_exit=request.max_exit or None, payload=pending)
+                          max_exit=request.max_exit or None, payload=pending, prep=cost.predict(head),
+                          prep_expected=cost.expected(head), prep_variance=spread * spread)
             try:
                 self.scheduler.admit(req, time.monotonic())
             except Rejected as r:
                 req = None
                 raise self._refused(r) from None
             self.update_gauges()
-            async with self._decode_slots:
+            async with self._decode_slots.slot(req.deadline):
                 if req.state != "queued":  # drained while waiting to decode (no endpoint left)
                     await pending.future
                 used = time.monotonic() - arrival
@@ -313,9 +331,12 @@ class Gateway(pb_grpc.DetectorServicer):
                     raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED,
                                   f"the budget ran out ({used * 1e3:.1f} of {budget * 1e3:.1f} ms) before decoding")
                 try:
-                    pending.pixels, scale, size = await loop.run_in_executor(self._decoder, self._prepare, request)
+                    pending.pixels, scale, size, took = await loop.run_in_executor(self._decoder, self._prepare,
+                                                                                   image)
                 except BadImage as e:
                     raise Failure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+                cost.observe(head, took, time.monotonic())
+                self.metrics.decode_seconds.labels(family(head)).observe(took)
             if on_exit is not None:
                 pending.on_exit = lambda exit, outputs: on_exit(
                     self._answer(request, exit, outputs, scale, size, pending, budget, final=False))
@@ -383,9 +404,21 @@ class Gateway(pb_grpc.DetectorServicer):
         candidates = [x for x in (b / 1e3 if b > 0 else None, grpc_remaining) if x is not None]
         return min(candidates) if candidates else self.config.default_budget_ms / 1e3
 
-    def _prepare(self, request) -> tuple[np.ndarray, float, tuple[int, int]]:
+    def _open(self, request):
+        """(the image, opened but not decoded, or raw pixels still to wrap; its header), with the size checked."""
+        if request.WhichOneof("image") == "raw":
+            raw = request.raw
+            check_size(int(raw.width), int(raw.height), self.config.max_image_pixels)
+            return raw, Header("RAW", int(raw.width), int(raw.height))
+        image = open_image(request.encoded, self.config.max_image_pixels)
+        return image, header(image)
+
+    def _prepare(self, image) -> tuple[np.ndarray, float, tuple[int, int], float]:
+        """In a decode thread: model input, scale, original size, and the seconds it took (the cost model learns)."""
         self.metrics.decoded.inc()
-        return prepare_image(request, self.image_size, self.config.max_image_pixels)
+        t0 = time.perf_counter()
+        pixels, scale, size = prepare(image, self.image_size, self.config.max_image_pixels)
+        return pixels, scale, size, time.perf_counter() - t0
 
     def _detections(self, outputs: dict, scale: float, size: tuple[int, int], threshold: float) -> list:
         n = int(outputs["num_detections"].reshape(-1)[0])  # Triton returns [1, 1] for a scalar per image
@@ -411,24 +444,63 @@ class Gateway(pb_grpc.DetectorServicer):
         return task
 
 
-def prepare_image(request, image_size: int, max_pixels: int) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """The request's image as model input [1, 3, S, S] uint8, the letterbox scale and the original (h, w).
+def prepare(image, image_size: int, max_pixels: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """An opened image (or a request's raw pixels) as model input [1, 3, S, S] uint8, the letterbox scale and the
+    original (h, w).
 
-    Exactly the evaluation transform (``anytime.imaging.letterbox``), so served detections equal evaluated ones.
+    Exactly the evaluation transform (``anytime.imaging.letterbox`` on the opened image), so served detections
+    equal evaluated ones.
     """
-    if request.WhichOneof("image") == "raw":
-        raw = request.raw
-        image = from_pixels(raw.data, raw.height, raw.width, raw.channels, max_pixels)
-    else:
-        image = decode(request.encoded, max_pixels)
+    if isinstance(image, pb.RawImage):
+        image = from_pixels(image.data, image.height, image.width, image.channels, max_pixels)
+    height, width = image.height, image.width
     pixels, scale = letterbox(image, image_size)
-    return pixels[None], scale, (image.height, image.width)
+    return pixels[None], scale, (height, width)
 
 
-def _blank_image(size: int):
-    from PIL import Image
+def prepare_image(request, image_size: int, max_pixels: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """A request's image as model input (``prepare`` of what it carries): for tools and tests."""
+    if request.WhichOneof("image") == "raw":
+        return prepare(request.raw, image_size, max_pixels)
+    return prepare(open_image(request.encoded, max_pixels), image_size, max_pixels)
 
-    return Image.new("RGB", (size, size))
+
+class DeadlineSlots:
+    """``n`` slots handed out earliest deadline first (an asyncio.Semaphore hands them out in arrival order).
+
+    Decoding waits here: the scheduler admitted each request assuming the work before it is the work due before it,
+    so a request due soon must not wait behind a large image due later."""
+
+    def __init__(self, n: int):
+        self.free = n
+        self._waiting: list[tuple[float, int, asyncio.Future]] = []
+        self._seq = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, deadline: float):
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+        else:
+            future = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (deadline, next(self._seq), future))
+            try:
+                await future  # resolved by a release: the slot is handed over, ``free`` unchanged
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():  # handed over just as it was cancelled: pass it on
+                    self._release()
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, future = heapq.heappop(self._waiting)
+            if not future.done():  # skip waiters that were cancelled
+                future.set_result(None)
+                return
+        self.free += 1
 
 
 def _error_item(req, code: grpc.StatusCode, message: str) -> pb.DetectResponse:

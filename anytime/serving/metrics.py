@@ -18,6 +18,9 @@ class GatewayMetrics:
         self.queue_depth = Gauge("anytime_queue_depth", "Requests waiting for a slot", registry=r)
         self.in_flight = Gauge("anytime_in_flight", "Requests running on an inference server", registry=r)
         self.decoded = Counter("anytime_images_decoded", "Request images the gateway started to decode (admitted requests only)", registry=r)
+        self.decode_seconds = Histogram("anytime_decode_seconds", "Decoding and letterboxing a request's image, by "
+                                        "format family (what admission predicts from the header)", ["format"],
+                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.endpoint_up = Gauge("anytime_endpoint_up", "1 if the inference server answers", ["endpoint"], registry=r)
         self.loop_lag = Gauge("anytime_event_loop_lag_seconds", "Worst lateness of the gateway's event loop in "
                               "the last 2 s (progressive answers leave that much earlier)", registry=r)

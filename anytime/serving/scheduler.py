@@ -53,6 +53,12 @@ class Request:
     ready: bool = False  # its input is prepared: it may be dispatched
     protected: bool = True  # its deadline vetoes decisions that would make it late (off once it is late anyway)
     share: float = 1.0  # of its work still to do (progressive execution: after its first stage, its answer's head)
+    # Preparing its input (decoding the image) until ``mark_ready``: seconds at the planning quantile, expected
+    # seconds, and their variance (``anytime.serving.imagecost``); zero for a request with nothing to prepare.
+    prep: float = 0.0
+    prep_expected: float = 0.0
+    prep_variance: float = 0.0
+    variance: float = 0.0  # of its expected work, as counted in the queue (kept by the scheduler)
 
     @property
     def key(self) -> tuple[float, int]:
@@ -90,6 +96,16 @@ class SchedulerConfig:
     protect_queue: bool = True  # never admit or deepen a request at the price of a queued request's deadline
     fixed_exit: int | None = None  # baselines: always this exit (-1 = deepest) instead of choosing
     drift: float = 0.1  # re-key the queue when predictions moved by more than this fraction since it was keyed
+    # The queue's work is a sum of calls whose noise partly averages out: every deadline keeps this many standard
+    # deviations of the sum of the work queued and running (variances add) beyond its mean. 1.64: 95% one-sided.
+    protect_z: float = 1.64
+    # A queued request's image decoding counts as work on the same pool as inference, at this weight: on a machine
+    # whose cores run both (2 cores, ONNX Runtime on both), a decoded megapixel delays the next call about as much
+    # as its own time. 0 on a gateway that decodes on cores of its own.
+    prep_weight: float = 1.0
+    # A dispatched request whose exits no longer fit at the planning quantile still runs its first exit when it
+    # fits at the mean: an answer that is probably in time beats a certain expiry.
+    rescue: bool = True
 
     def __post_init__(self):
         if self.when_infeasible not in ("reject", "first_exit"):
@@ -116,7 +132,9 @@ class Scheduler:
         self._tree = SlackTree()
         self._ready: list[tuple[float, int, Request]] = []  # heap of decoded requests (lazy deletion)
         self._basis: tuple | None = None  # what the queue's keys were computed with
+        self._queued_variance = 0.0  # sum of the queued requests' variances (``safety``)
         self.demoted = 0  # requests that stopped being protected (late whatever happens)
+        self.rescued = 0  # requests run at their first exit although it fitted only at the mean (``rescue``)
 
     # -- the service-time model ------------------------------------------------------------------------
     def allowed_exits(self, req: Request) -> list[int]:
@@ -150,9 +168,36 @@ class Scheduler:
         return ref, speed, self.config.slots_per_endpoint * sum(speed.values())
 
     def _costs(self, req: Request, ref: str) -> tuple[float, float]:
-        """(own planning seconds, expected work) of the request at its first allowed exit on ``ref``."""
+        """(own planning seconds, expected work) of the request at its first allowed exit on ``ref``, its image's
+        preparation included while it has not been prepared."""
         first = self.allowed_exits(req)[0]
-        return self.service_time(req, ref, first), self.service_time(req, ref, first, expected=True)
+        return (self.service_time(req, ref, first) + req.prep,
+                self.service_time(req, ref, first, expected=True) + self.config.prep_weight * req.prep_expected)
+
+    def _variance(self, req: Request, ref: str) -> float:
+        """Variance (s^2) of the request's expected work at its first allowed exit, preparation included."""
+        if not self.config.protect_z:
+            return 0.0
+        first = self.allowed_exits(req)[0]
+        own = self.profiles[ref].spread(first) * req.share
+        return own * own + self.config.prep_weight ** 2 * req.prep_variance
+
+    def safety(self, extra_variance: float = 0.0) -> float:
+        """Work (in the queue's units) every deadline keeps beyond the mean of the work before it: ``protect_z``
+        standard deviations of the sum of everything queued and running, plus ``extra_variance``.
+
+        The variance of the *whole* queue, not of the part ahead of each request: an upper bound that is exact for
+        the last request and keeps every decision one lookup (the queue's deadline sums stay linear). Queues are
+        short here (a few requests at the loads that matter), so what it over-reserves for the first is small."""
+        if not self.config.protect_z:
+            return 0.0
+        variance = self._queued_variance + self._running_variance() + extra_variance
+        return self.config.protect_z * max(variance, 0.0) ** 0.5
+
+    def _running_variance(self) -> float:
+        if not self.config.protect_z or self._latency_fn is not None:
+            return 0.0
+        return sum(self.profiles[ep].spread(a.exit) ** 2 for ep, per in self.busy.items() for a in per.values())
 
     def fastest(self, req: Request) -> float:
         """Planning seconds of the request at its first allowed exit on its fastest endpoint."""
@@ -190,12 +235,21 @@ class Scheduler:
         """Recompute every queued request's key with the current predictions (O(n log n); only on drift)."""
         queued = self._tree.items()
         self._tree.clear()
+        self._queued_variance = 0.0
         for req in queued:
             self._insert(req, ref, m)
 
     def _insert(self, req: Request, ref: str, m: float) -> None:
         f, e = self._costs(req, ref)
+        req.variance = self._variance(req, ref)
+        self._queued_variance += req.variance
         self._tree.insert(req.key, e, m * (req.deadline - f), req, req.protected)
+
+    def _remove(self, req: Request) -> None:
+        if self._tree.remove(req.key):
+            self._queued_variance -= req.variance
+            if not self._tree.size:
+                self._queued_variance = 0.0  # no drift of float sums across an idle moment
 
     def _demote_late(self, key, threshold: float) -> float:
         """Stop protecting queued requests (after ``key``; all when None) whose slack is below ``threshold``:
@@ -223,16 +277,17 @@ class Scheduler:
         if budget <= 0:
             raise Rejected(DEADLINE_EXCEEDED, "the deadline had passed before the request was scheduled")
         ref, _, m = self._tick(now)
-        fastest = self.fastest(req)
+        fastest = self.fastest(req) + req.prep
         if fastest > budget:
             if self.config.when_infeasible != "first_exit":
+                decoding = f", decoding its image {req.prep * 1e3:.1f} ms of it" if req.prep else ""
                 raise Rejected(DEADLINE_EXCEEDED, f"a budget of {budget * 1e3:.1f} ms is below the fastest exit's "
-                                                  f"predicted latency ({fastest * 1e3:.1f} ms)")
+                                                  f"predicted latency ({fastest * 1e3:.1f} ms{decoding})")
             req.best_effort = True
         if self._tree.size >= self.config.max_queue:
             raise Rejected(RESOURCE_EXHAUSTED, f"overloaded: {self._tree.size} requests are queued")
         f, e = self._costs(req, ref)
-        threshold = m * now + self.in_flight_work(now)
+        threshold = m * now + self.in_flight_work(now) + self.safety(self._variance(req, ref))
         ahead, _ = self._tree.around(req.key)
         if not req.best_effort and m * (req.deadline - f) - ahead < threshold:
             raise Rejected(RESOURCE_EXHAUSTED, f"overloaded: about {ahead / m * 1e3:.0f} ms of queued work and "
@@ -244,11 +299,20 @@ class Scheduler:
                 raise Rejected(RESOURCE_EXHAUSTED, "overloaded: admitting this request would make a queued request "
                                                    "miss its deadline")
         req.state, req.protected = "queued", not req.best_effort
-        self._tree.insert(req.key, e, m * (req.deadline - f), req, req.protected)
+        self._insert(req, ref, m)
+
+    def prepared(self, req: Request, now: float) -> None:
+        """The request's input is prepared: its preparation is no longer work ahead of anyone, nor its own."""
+        if req.state == "queued" and (req.prep or req.prep_expected or req.prep_variance):
+            ref, _, m = self._tick(now)
+            self._remove(req)
+            req.prep = req.prep_expected = req.prep_variance = 0.0
+            self._insert(req, ref, m)
 
     def mark_ready(self, req: Request, now: float) -> None:
         """The request's input is prepared: it may be dispatched from now on."""
         if req.state == "queued" and not req.ready:
+            self.prepared(req, now)
             req.ready = True
             heapq.heappush(self._ready, (req.deadline, req.id, req))
 
@@ -277,7 +341,7 @@ class Scheduler:
             _, _, req = heapq.heappop(self._ready)
             if req.state != "queued":
                 continue  # cancelled or failed while waiting
-            self._tree.remove(req.key)
+            self._remove(req)
             choice = self._choose(req, now, speed, m)
             if choice == "wait":
                 waiting.append(req)
@@ -300,7 +364,7 @@ class Scheduler:
         """(endpoint, exit, predicted seconds) for ``req``, ``"wait"``, or None when it cannot make it."""
         allowed = self.allowed_exits(req)
         free = self.free_endpoints()
-        threshold = m * now + self.in_flight_work(now)
+        threshold = m * now + self.in_flight_work(now) + self.safety()
         behind = None
         if self.config.protect_queue and self._tree.size:
             cheapest = min(self.service_time(req, ep, allowed[0], expected=True) * speed.get(ep, 1.0) for ep in free)
@@ -329,9 +393,12 @@ class Scheduler:
                           else max(a.expected - (now - a.start), 0.0) for a in per.values())
             if now + soonest + self.service_time(req, ep, allowed[0]) <= req.deadline:
                 return "wait"
+        ep = min(free, key=lambda e: self.service_time(req, e, allowed[0]))
         if self.config.when_infeasible == "first_exit":
             req.best_effort = True
-            ep = min(free, key=lambda e: self.service_time(req, e, allowed[0]))
+            return ep, allowed[0], self.service_time(req, ep, allowed[0])
+        if self.config.rescue and now + self.service_time(req, ep, allowed[0], expected=True) <= req.deadline:
+            self.rescued += 1
             return ep, allowed[0], self.service_time(req, ep, allowed[0])
         return None
 
@@ -349,7 +416,7 @@ class Scheduler:
         if req.state != "queued" or share >= req.share:
             return
         ref, _, m = self._tick(now)
-        self._tree.remove(req.key)
+        self._remove(req)
         req.share = max(share, 0.0)
         self._insert(req, ref, m)
 
@@ -357,7 +424,7 @@ class Scheduler:
         """Drop an admitted request that has not started (its client went away, or its input was bad)."""
         if req.state != "queued":
             return False
-        self._tree.remove(req.key)
+        self._remove(req)
         req.state = "gone"  # its entry in the ready heap, if any, is skipped when popped
         return True
 
@@ -365,6 +432,7 @@ class Scheduler:
         """Remove and return every request that has not started (no endpoint is left to run them)."""
         out = [r for r in self._tree.items()]
         self._tree.clear()
+        self._queued_variance = 0.0
         self._ready.clear()
         for r in out:
             r.state = "gone"

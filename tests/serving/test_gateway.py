@@ -391,17 +391,17 @@ def in_process(repo):
 def test_a_stream_item_that_raises_anything_is_answered_and_the_stream_ends(in_process, monkeypatch):
     real = in_process._prepare
 
-    def faulty(request):
-        if request.request_id == "boom":
+    def faulty(image):  # the image, opened: the "boom" one is the only 50 px one
+        if image.size == (50, 50):
             raise KeyError("an unexpected bug")
-        return real(request)
+        return real(image)
 
     monkeypatch.setattr(in_process, "_prepare", faulty)
 
     async def go():
         async with grpc.aio.insecure_channel(f"127.0.0.1:{in_process.port}") as ch:
             reqs = [pb.DetectRequest(encoded=png(48, 48, seed=i), budget_ms=10_000, request_id=str(i)) for i in range(3)]
-            reqs.insert(1, pb.DetectRequest(encoded=png(48, 48), budget_ms=10_000, request_id="boom"))
+            reqs.insert(1, pb.DetectRequest(encoded=png(50, 50), budget_ms=10_000, request_id="boom"))
             return [r async for r in pb_grpc.DetectorStub(ch).DetectStream(iter(reqs), timeout=30)]
     answers = {r.request_id: r for r in asyncio.run(go())}
     assert set(answers) == {"0", "1", "2", "boom"}
@@ -431,19 +431,33 @@ def test_cancelling_a_stream_drops_its_queued_and_decoding_items(in_process):
     assert in_process.metrics.decoded._value.get() - decoded_before < 20  # the waiting ones never decoded
 
 
-def test_served_input_is_bit_equal_to_the_evaluated_input():
-    """The gateway's preprocessing and ``anytime eval``'s transform are one function: same bytes in, same pixels."""
+def test_served_input_is_bit_equal_to_the_evaluated_input(tmp_path):
+    """The gateway's preprocessing and ``anytime eval``'s loader + transform are one function: the same file's
+    bytes give the same pixels, on the benchmark's small PNGs and on camera-sized JPEGs and PNGs (where a JPEG is
+    decoded at a reduced size in the DCT domain, by both)."""
+    import json
+
+    from anytime.data.coco import CocoDetection
     from anytime.data.transforms import eval_transform
-    from anytime.serving.gateway import prepare_image
+    from anytime.serving.imagecost import _photo_like
 
     rng = np.random.default_rng(3)
-    for h, w in [(150, 200), (288, 224), (256, 256), (31, 97)]:
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
-        served, scale, size = prepare_image(pb.DetectRequest(encoded=buf.getvalue()), 128, 10**8)
-        evaluated, t = eval_transform(128)(Image.open(io.BytesIO(buf.getvalue())), _empty_target())
-        assert served.shape == (1, 3, 128, 128) and np.array_equal(served[0], evaluated.numpy())
-        assert scale == t["scale"] and size == (h, w)
+    cases = [(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "png") for h, w in [(150, 200), (288, 224), (31, 97)]]
+    cases += [(np.asarray(_photo_like(w, h)), fmt) for w, h in [(1600, 1200), (3000, 2000)] for fmt in ("jpg", "png")]
+    images = []
+    for i, (a, fmt) in enumerate(cases):
+        name = f"{i}.{fmt}"
+        Image.fromarray(a).save(tmp_path / name, quality=90)
+        images.append({"id": i + 1, "file_name": name, "height": a.shape[0], "width": a.shape[1]})
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": [], "categories": [{"id": 1, "name": "thing"}]}))
+    dataset = CocoDetection(tmp_path, ann, transform=eval_transform(128))
+    for i, info in enumerate(images):
+        evaluated, t = dataset[i]
+        data = (tmp_path / info["file_name"]).read_bytes()
+        served, scale, size = prepare_image(pb.DetectRequest(encoded=data), 128, 10**8)
+        assert served.shape == (1, 3, 128, 128) and np.array_equal(served[0], evaluated.numpy()), info["file_name"]
+        assert scale == t["scale"] and size == (info["height"], info["width"])
 
 
 def _empty_target():

@@ -19,7 +19,9 @@ def profile(*p95_ms, spread=0.0):
 
 
 def sched(**kw):
+    """A scheduler whose deadline arithmetic is exact: no margin, no safety for the queue's noise (tested apart)."""
     profiles = kw.pop("profiles", {"a": profile(10, 20, 30)})
+    kw.setdefault("protect_z", 0.0)
     return Scheduler(profiles, SchedulerConfig(margin_ms=0.0, **kw))
 
 
@@ -282,3 +284,53 @@ def test_a_request_whose_first_stage_is_done_keeps_only_what_it_still_needs_rese
     s.progress(first[0], 0.9, now=0.0)  # a share never grows back
     assert first[0].share == 0.4
     s.admit(Request(deadline=35 * MS, arrival=0.0), now=0.0)
+
+
+def test_every_deadline_keeps_a_safety_for_the_noise_of_the_work_before_it():
+    """Calls vary: a queue of them ends later than the sum of their means about half the time. With protect_z the
+    admission keeps that many standard deviations of the queue's sum (variances add), so the request that fits
+    only by the means is refused at once instead of admitted and made late."""
+    def queue(z: float) -> int:
+        s = Scheduler({"a": profile(10, 20, 30, spread=0.5)}, SchedulerConfig(margin_ms=0.0, fixed_exit=1, protect_z=z))
+        admitted = 0
+        for _ in range(20):
+            try:
+                s.admit(Request(deadline=60 * MS, arrival=0.0), now=0.0)
+                admitted += 1
+            except Rejected as r:
+                assert r.code == RESOURCE_EXHAUSTED
+        return admitted
+
+    exact, safe = queue(0.0), queue(1.64)
+    assert 1 <= safe < exact, (safe, exact)
+
+
+def test_an_images_decoding_is_work_until_it_is_prepared():
+    """Admission counts a request's decoding (its own time, and work ahead of later deadlines); once decoded, it
+    is neither, and the room it held admits another request."""
+    s = sched(fixed_exit=1)  # exit 1: 10 ms
+    with pytest.raises(Rejected) as r:  # 20 ms of decoding + 10 ms of exit 1 > 25 ms
+        s.admit(Request(deadline=25 * MS, arrival=0.0, prep=20 * MS, prep_expected=20 * MS), now=0.0)
+    assert r.value.code == DEADLINE_EXCEEDED and "decoding its image 20.0 ms" in str(r.value)
+    big = Request(deadline=50 * MS, arrival=0.0, prep=30 * MS, prep_expected=30 * MS)
+    s.admit(big, now=0.0)  # 30 + 10 <= 50
+    s.admit(Request(deadline=55 * MS, arrival=0.0), now=0.0)  # behind it: 40 + 10 <= 55
+    with pytest.raises(Rejected):  # another 10 ms due by 55 ms does not fit behind the decoding: 50 + 10 > 55
+        s.admit(Request(deadline=55 * MS, arrival=0.0), now=0.0)
+    s.mark_ready(big, now=0.0)  # decoded (at no time, on this clock): its 30 ms are no longer work
+    s.admit(Request(deadline=55 * MS, arrival=0.0), now=0.0)  # 10 + 10 + 10 <= 55
+
+
+def test_a_request_whose_exits_fit_only_at_the_mean_still_runs_its_first_exit():
+    """Admitted means answered whenever an exit could still give one: a request that waited past the point where
+    exit 1 fits at the planning quantile, but not past where it fits at the mean, runs exit 1 instead of expiring."""
+    def run(rescue: bool):
+        s = Scheduler({"a": profile(10, 20, 30, spread=0.4)}, SchedulerConfig(margin_ms=0.0, rescue=rescue, protect_z=0.0))
+        req = Request(deadline=100 * MS, arrival=0.0)
+        s.submit(req, now=0.0)
+        return s.dispatch(now=92 * MS)  # 8 ms left: exit 1 is 10 ms at p95, about 6-7 at the mean
+
+    (a,), expired = run(True)
+    assert a.exit == 1 and not expired
+    started, (gone,) = run(False)
+    assert not started
