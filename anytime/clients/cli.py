@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from anytime.clients.detect import add_arguments, add_connection_arguments
+from anytime.clients.detect import add_arguments, add_connection_arguments, add_letterbox_argument
 
 
 def add_parsers(subparsers) -> None:
@@ -34,6 +34,7 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/loadgen"), help="output directory (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of image order, arrivals and budget draws")
     p.add_argument("--json", action="store_true", help="print only the report as JSON")
+    add_letterbox_argument(p)
     p.set_defaults(func=run_loadgen)
 
 
@@ -82,7 +83,7 @@ def run_loadgen(args: argparse.Namespace) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             report = loadgen(args.server, args.data, budgets_ms=budgets, budget_dist=args.budget_dist, rates=rates,
                              requests=args.requests, out=args.out, split=args.split, seed=args.seed, token=args.token,
-                             tls_ca=args.tls_ca)
+                             tls_ca=args.tls_ca, letterbox=args.letterbox)
     except (ValueError, ConnectionError) as e:  # bad settings, an unreadable dataset, an unreachable gateway
         raise UserError(str(e)) from None
     if args.json:

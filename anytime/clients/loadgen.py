@@ -25,7 +25,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from anytime.clients.detect import DEFAULT_SERVER, auth_metadata, image_bytes, open_channel
+from anytime.clients.detect import (DEFAULT_SERVER, auth_metadata, image_bytes, letterboxed_request, open_channel,
+                                    restore_boxes)
 from anytime.serving.api import anytime_pb2 as pb
 from anytime.serving.api import anytime_pb2_grpc as pb_grpc
 
@@ -33,6 +34,7 @@ DEADLINE_SLACK_MS = 1000.0  # gRPC deadline = budget + this: late answers still 
 MAX_DEFAULT_REQUESTS = 200
 DEFAULT_OUT = Path("runs/loadgen")
 CONNECT_TIMEOUT_S = 10.0
+REFUSED_AT_ONCE_MS = 10.0  # an error within this long of sending counts as a fast refusal
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class RequestRecord:
     status: str = "NOT_SENT"
     error: str = ""
     latency_ms: float | None = None  # client-measured, send to answer
+    elapsed_ms: float | None = None  # client-measured, send to the end of the call, whatever its outcome
     exit: int | None = None
     budget_met: bool = False  # answered within the budget on the client's clock
     server_budget_met: bool = False  # what the gateway said
@@ -146,11 +149,13 @@ def plan_trace(image_ids, budgets, rate: float, n: int, seed: int = 0) -> list[R
 
 async def run_setting(address: str, dataset, budgets, rate: float, n: int, seed: int = 0, token: str | None = None,
                       *, tls_ca: str | Path | None = None, progress: bool = True,
-                      exits: tuple[int, int] = (0, 0)) -> SettingResult:
+                      exits: tuple[int, int] = (0, 0), letterbox: int | None = None) -> SettingResult:
     """Send the trace ``plan_trace(dataset.ids, budgets, rate, n, seed)`` of ``dataset`` (a CocoDetection).
 
     ``exits`` = (min_exit, max_exit) sent with every request (0 = the gateway chooses): (1, 1) and (K, K) are the
-    fixed-exit baselines, run through the same gateway.
+    fixed-exit baselines, run through the same gateway. ``letterbox`` (the model's size; 0: the gateway's): each
+    image is letterboxed by the client when it is sent, on the request's clock, in a thread of its own, and goes
+    as raw pixels (``anytime.clients.detect.letterboxed_request``); boxes are mapped back.
     """
     from tqdm import tqdm
 
@@ -165,22 +170,32 @@ async def run_setting(address: str, dataset, budgets, rate: float, n: int, seed:
             await stub.GetModelInfo(pb.ModelInfoRequest(), timeout=CONNECT_TIMEOUT_S, metadata=metadata)
         except grpc.aio.AioRpcError as e:
             raise ConnectionError(f"the gateway at {address} did not answer: {e.code().name}: {e.details()}") from None
+        if letterbox == 0:
+            letterbox = int((await stub.GetModelInfo(pb.ModelInfoRequest(), timeout=CONNECT_TIMEOUT_S,
+                                                     metadata=metadata)).image_size)
         loop = asyncio.get_running_loop()
         desc = f"budget {spec.label} ms @ {rate:g}/s"
         with tqdm(total=n, desc=desc, unit="req", disable=not progress, leave=False) as bar:
 
             async def one(k: int, record: RequestRecord, start: float) -> None:
-                request = pb.DetectRequest(encoded=payloads[k], budget_ms=record.budget_ms, request_id=str(k),
-                                           min_exit=exits[0], max_exit=exits[1])
                 record.sent_s = loop.time() - start
                 t0 = time.perf_counter()
+                if letterbox:
+                    request, scale, size = await loop.run_in_executor(None, letterboxed_request, payloads[k], letterbox)
+                else:
+                    request = pb.DetectRequest(encoded=payloads[k])
+                request.budget_ms, request.request_id = record.budget_ms, str(k)
+                request.min_exit, request.max_exit = exits
                 try:
                     response = await stub.Detect(request, timeout=(record.budget_ms + DEADLINE_SLACK_MS) / 1e3,
                                                  metadata=metadata)
+                    if letterbox:
+                        restore_boxes(response, scale, size)
                 except grpc.aio.AioRpcError as e:
                     record.status, record.error = e.code().name, e.details() or ""
+                    record.elapsed_ms = (time.perf_counter() - t0) * 1e3
                 else:
-                    record.latency_ms = (time.perf_counter() - t0) * 1e3
+                    record.latency_ms = record.elapsed_ms = (time.perf_counter() - t0) * 1e3
                     record.status, record.exit = "OK", int(response.exit)
                     record.budget_met = record.latency_ms <= record.budget_ms
                     record.server_budget_met = bool(response.budget_met)
@@ -229,6 +244,10 @@ def evaluate_results(result: SettingResult, coco) -> dict:
         mine = [r for r in ok if r.exit == exit]
         m = coco_metrics(coco, [d for r in mine for d in r.detections], [r.image_id for r in mine])
         per_exit[str(exit)] = {"images": len(mine), "AP": m["AP"], "AP50": m["AP50"]}
+    # a refusal that reaches the client at once is an answer it can act on (retry elsewhere, degrade); one that
+    # comes late, or an expiry, is a failure: "admitted in time" is met over the requests not refused at once
+    refused_fast = sum(1 for r in records if r.status != "OK" and r.elapsed_ms is not None
+                       and r.elapsed_ms <= REFUSED_AT_ONCE_MS)
     last_send = max((r.sent_s or 0.0) for r in records)
     budgets = [r.budget_ms for r in records]
     return {
@@ -242,6 +261,8 @@ def evaluate_results(result: SettingResult, coco) -> dict:
         "ok": len(ok),
         "late": len(ok) - len(met),
         "budget_met_rate": len(met) / n,
+        "refused_at_once": refused_fast,
+        "admitted_in_time_rate": len(met) / (n - refused_fast) if n > refused_fast else None,
         "server_budget_met_rate": sum(r.server_budget_met for r in ok) / n,
         "latency_ms": _percentiles([r.latency_ms for r in ok]),
         "server_total_ms": _percentiles([r.server_ms["total"] for r in ok if "total" in r.server_ms]),
@@ -267,24 +288,53 @@ def open_dataset(data_dir=None, split: str = "val"):
     return CocoDetection(*find_split(data_dir, split))
 
 
-async def run_settings(address: str, dataset, budgets: list, rates, n: int, seed: int = 0, token: str | None = None,
-                       *, tls_ca=None, progress: bool = True) -> list[dict]:
+async def run_settings(address: str, dataset, pairs: list, n: int, seed: int = 0, token: str | None = None,
+                       *, tls_ca=None, progress: bool = True, letterbox: int | None = None) -> list[dict]:
     """Every (budget, rate) pair in turn, each evaluated: the ``settings`` list of the report."""
     settings = []
-    for budget in budgets:
-        for rate in rates:
-            result = await run_setting(address, dataset, budget, rate, n, seed, token, tls_ca=tls_ca, progress=progress)
-            settings.append(evaluate_results(result, dataset.coco))
+    for budget, rate in pairs:
+        result = await run_setting(address, dataset, budget, rate, n, seed, token, tls_ca=tls_ca, progress=progress,
+                                   letterbox=letterbox)
+        settings.append(evaluate_results(result, dataset.coco))
     return settings
+
+
+async def closed_loop(address: str, payloads: list[bytes], requests: int, clients: int = 4,
+                      budget_ms: float = 10_000.0, exits: tuple[int, int] = (0, 0)) -> dict:
+    """``clients`` senders, each sending its next request when its last one is answered: the stack's throughput
+    (answers per second) and the client-side latencies (ms). The issue's "T" is this with 4 clients and generous
+    budgets; with one client it is the idle latency "D"."""
+    latencies: list[float] = []
+    failures = Counter()
+    counter = iter(range(requests))
+    async with open_channel(address, aio=True) as channel:
+        stub = pb_grpc.DetectorStub(channel)
+
+        async def sender():
+            for i in counter:
+                request = pb.DetectRequest(encoded=payloads[i % len(payloads)], budget_ms=budget_ms,
+                                           min_exit=exits[0], max_exit=exits[1])
+                t0 = time.perf_counter()
+                try:
+                    await stub.Detect(request, timeout=budget_ms / 1e3 + 1.0)
+                    latencies.append((time.perf_counter() - t0) * 1e3)
+                except grpc.aio.AioRpcError as e:
+                    failures[e.code().name] += 1
+        t0 = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return {"throughput": len(latencies) / wall, "latencies_ms": latencies, "failures": dict(failures)}
 
 
 def loadgen(address: str = DEFAULT_SERVER, data_dir=None, budgets_ms=None, budget_dist=None, rates=(20.0,),
             requests: int | None = None, out=DEFAULT_OUT, split: str = "val", seed: int = 0,
-            token: str | None = None, tls_ca=None, progress: bool = True) -> dict:
+            token: str | None = None, tls_ca=None, progress: bool = True, letterbox: int | None = None,
+            pairs: list | None = None) -> dict:
     """Run every setting against the gateway at ``address``; writes ``out``/loadgen.json and plots; the report.
 
     ``budgets_ms``: fixed budgets (one setting each); ``budget_dist``: one distribution string instead
-    (default: budgets 10, 20 and 40 ms). ``requests``: per setting (default: min(200, dataset size)).
+    (default: budgets 10, 20 and 40 ms). Every budget runs at every rate, unless ``pairs`` names the
+    (budget ms, rate) settings to run instead. ``requests``: per setting (default: min(200, dataset size)).
     """
     from anytime.clients.report import write_plots
 
@@ -294,6 +344,8 @@ def loadgen(address: str = DEFAULT_SERVER, data_dir=None, budgets_ms=None, budge
         parse_budget(b) for b in (budgets_ms if budgets_ms is not None else (10, 20, 40))]
     if not budgets:
         raise ValueError("no budgets given")
+    if pairs is not None:
+        budgets, rates = [parse_budget(b) for b, _ in pairs], [float(r) for _, r in pairs]
     rates = [float(r) for r in rates]
     bad = [r for r in rates if not (r > 0 and math.isfinite(r))]
     if bad or not rates:
@@ -303,11 +355,13 @@ def loadgen(address: str = DEFAULT_SERVER, data_dir=None, budgets_ms=None, budge
     if not 1 <= n <= len(dataset):
         raise ValueError(f"--requests must be between 1 and the split's {len(dataset)} images, got {n}")
 
-    settings = asyncio.run(run_settings(address, dataset, budgets, rates, n, seed, token, tls_ca=tls_ca,
-                                        progress=progress))
+    plan = list(zip(budgets, rates)) if pairs is not None else [(b, r) for b in budgets for r in rates]
+    settings = asyncio.run(run_settings(address, dataset, plan, n, seed, token, tls_ca=tls_ca,
+                                        progress=progress, letterbox=letterbox))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"server": address, "data": str(dataset.image_dir.parent), "split": split, "requests": n, "seed": seed,
+              "client_letterbox": letterbox,
               "deadline_slack_ms": DEADLINE_SLACK_MS, "settings": settings}
     report["plots"] = [str(p) for p in write_plots(report, out)]
     report["out"] = str(out / "loadgen.json")

@@ -19,12 +19,12 @@ def format_table(report: dict) -> str:
     codes = sorted({c for s in settings for c in s["status"]}, key=lambda c: (c != "OK", c))
     short = {"OK": "ok", "DEADLINE_EXCEEDED": "deadline", "RESOURCE_EXHAUSTED": "shed", "UNAVAILABLE": "unavail"}
     header = (["budget ms", "rate/s", "sent"] + [short.get(c, c.lower()) for c in codes]
-              + ["late", "met %", "p50 ms", "p95 ms", "p99 ms", "AP", "AP50", "exits used"])
+              + ["late", "refused at once", "met %", "p50 ms", "p95 ms", "p99 ms", "AP", "AP50", "exits used"])
     rows = []
     for s in settings:
         lat = s["latency_ms"]
         rows.append([s["budget"], f"{s['rate']:g}", str(s["requests"])] + [str(s["status"].get(c, 0)) for c in codes]
-                    + [str(s.get("late", 0)), f"{100 * s['budget_met_rate']:.1f}", _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"]),
+                    + [str(s.get("late", 0)), str(s.get("refused_at_once", "-")), f"{100 * s['budget_met_rate']:.1f}", _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"]),
                        _ap(s["AP"]), _ap(s["AP50"]),
                        " ".join(f"{e}:{c}" for e, c in s["exits"].items()) or "-"])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -1,4 +1,4 @@
-"""``anytime data ...``: dataset utilities (currently: generate the synthetic benchmark)."""
+"""``anytime data ...``: dataset utilities: the synthetic benchmark, and a photo mix made from it."""
 
 from __future__ import annotations
 
@@ -27,6 +27,18 @@ def add_parsers(subparsers) -> None:
     synth.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     synth.set_defaults(func=_synth)
 
+    photos = sub.add_parser(
+        "photos", help="a realistic image mix for serving benchmarks (val images as 300-1000 px JPEG and PNG)",
+        description="Write the val split of a COCO-format set again as users send images: long side 300-1000 px, "
+                    "half JPEG q85-95, half PNG, plus the photos pinned packages ship; COCO format, boxes scaled.")
+    photos.add_argument("--data", type=str, default=str(DEFAULT_DATA_DIR), help="source set (default: %(default)s)")
+    photos.add_argument("--out", type=str, default="data/photos", metavar="DIR", help="(default: %(default)s)")
+    photos.add_argument("--count", type=int, default=200, help="val images to take (default: %(default)s)")
+    photos.add_argument("--min-side", type=int, default=300)
+    photos.add_argument("--max-side", type=int, default=1000)
+    photos.add_argument("--seed", type=int, default=0)
+    photos.set_defaults(func=_photos)
+
 
 def _synth(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -43,4 +55,19 @@ def _synth(args: argparse.Namespace) -> int:
     out = synth.generate(args.out, seed=args.seed, num_train=args.train, num_val=args.val,
                          image_size=args.image_size, num_classes=args.classes, progress=not args.no_progress)
     print(f"wrote {args.train} train + {args.val} val images, {args.classes} classes, to {out}")
+    return 0
+
+
+def _photos(args: argparse.Namespace) -> int:
+    from anytime.cli import UserError
+    from anytime.data import photos
+    from anytime.data.synth import ensure_default
+
+    if not 0 < args.min_side <= args.max_side or args.count < 1:
+        raise UserError("need --count >= 1 and 0 < --min-side <= --max-side")
+    if args.data == str(DEFAULT_DATA_DIR):
+        ensure_default(args.data)
+    out = photos.build(args.data, args.out, count=args.count, min_side=args.min_side, max_side=args.max_side,
+                       seed=args.seed, progress=True)
+    print(f"wrote the photo mix to {out}")
     return 0

@@ -17,6 +17,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "onnxruntime: Triton's native ORT backend (NGC containers)")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--instances", type=int, default=1, help="model instances per exit")
+    p.add_argument("--intra-op-threads", type=int, default=None,
+                   help="ONNX Runtime threads per call of an exit model (default: the runtime's own)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--max-stage-batch", type=int, default=8,
                    help="progressive model: requests one stage call may batch (1: no stage batching)")
@@ -43,6 +45,13 @@ def run_export(args) -> int:
     manifest = export_repository(model, meta, out, backend=args.backend, max_batch_size=args.max_batch_size,
                                  instances=args.instances, verify=not args.no_verify, stages=not args.no_stages,
                                  max_stage_batch=args.max_stage_batch)
+    if args.intra_op_threads is not None:
+        from anytime.export.repository import configure_exits
+
+        try:
+            configure_exits(out, intra_op_threads=args.intra_op_threads)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     stages = f" and {len(manifest['progressive']['stages'])} stages" if manifest.get("progressive") else ""
     print(f"wrote {len(manifest['exits'])} exits{stages} to {out}/ ({args.backend} backend); manifest: {out / 'manifest.json'}")
     return 0

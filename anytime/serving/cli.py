@@ -43,6 +43,13 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--margin-ms", type=float, default=None,
                    help="upfront: time reserved per request outside Triton (answer, transport; default: the "
                         "scheduler's, 2 ms, measured)")
+    p.add_argument("--instances", type=int, default=None,
+                   help="with no --triton: Triton instances of each exit model, i.e. calls run at once (default: as "
+                        "exported, 1); pair with --slots")
+    p.add_argument("--intra-op-threads", type=int, default=None,
+                   help="with no --triton: ONNX Runtime threads per call (default: as exported, the runtime's own)")
+    p.add_argument("--decode-workers", type=int, default=None,
+                   help="images decoded at once (default: one per core of this process)")
     p.add_argument("--token", default=None, help="require 'authorization: Bearer TOKEN' on Detector calls")
     p.add_argument("--tls-cert", type=Path, default=None)
     p.add_argument("--tls-key", type=Path, default=None)
@@ -62,6 +69,9 @@ def run(args) -> int:
     repository = args.repository or DEFAULT_REPOSITORY
     with contextlib.ExitStack() as stack:
         if args.triton:
+            if args.instances is not None or args.intra_op_threads is not None:
+                raise UserError("--instances and --intra-op-threads configure the Triton that serve starts: with "
+                                "--triton, export with them instead (anytime export --instances N --intra-op-threads N)")
             endpoints = [e.strip() for e in args.triton.split(",") if e.strip()]
             if not (repository / "manifest.json").exists():
                 raise UserError(f"{repository}/manifest.json not found: pass --repository, the directory the "
@@ -70,10 +80,25 @@ def run(args) -> int:
             from anytime.serving.triton import TritonServer, free_ports
 
             from anytime.config import DEFAULT_CHECKPOINT
-            from anytime.export.exporter import ensure_exported
+            from anytime.export.ensure import ExportFailed, ensure_exported
 
-            # an empty repository gets the embedded default model
-            ensure_exported(repository, DEFAULT_CHECKPOINT, stages=args.execution == "progressive")
+            # an empty repository gets the embedded default model, exported in a child process: the gateway that
+            # this process goes on to run never imports torch
+            try:
+                ensure_exported(repository, DEFAULT_CHECKPOINT, stages=args.execution == "progressive")
+            except ExportFailed as e:
+                raise UserError(str(e)) from None
+            if args.instances is not None or args.intra_op_threads is not None:
+                from anytime.export.repository import configure_exits
+
+                try:
+                    changed = configure_exits(repository, args.instances, args.intra_op_threads)
+                except ValueError as e:
+                    raise UserError(str(e)) from None
+                if changed:
+                    print(f"configured {', '.join(changed)}: instances {args.instances or 'as exported'}, "
+                          f"intra-op threads {args.intra_op_threads if args.intra_op_threads is not None else 'as exported'}",
+                          flush=True)
             http, grpc_port, metrics = free_ports(3)
             triton = stack.enter_context(TritonServer(repository, http_port=http, grpc_port=grpc_port,
                                                       metrics_port=metrics, restart=True))
@@ -83,6 +108,7 @@ def run(args) -> int:
             repository=repository, endpoints=endpoints, host=args.host, port=args.port, metrics_port=args.metrics_port,
             default_budget_ms=args.default_budget_ms, token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
             execution=args.execution,
+            **({} if args.decode_workers is None else {"decode_workers": args.decode_workers}),
             max_message_bytes=int(args.max_message_mb * 1024 * 1024),
             scheduler=SchedulerConfig(quantile=args.quantile, when_infeasible=args.when_infeasible,
                                       slots_per_endpoint=args.slots,

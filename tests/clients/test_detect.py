@@ -155,3 +155,36 @@ def test_the_thin_client_runs_with_grpc_protobuf_numpy_and_pillow_only(stack, im
     assert r.returncode == 0 and "exit 3 of [1, 2, 3]" in r.stdout and "client:" in r.stdout
     r = _run_thin(thin_site, str(tmp_path / "missing.png"), "--server", stack.address)
     assert r.returncode == 2 and "cannot read image" in r.stderr
+
+
+def test_a_client_that_letterboxes_gets_the_same_answer_in_the_images_pixels(stack, tmp_path, capsys):
+    """``--letterbox``: the client prepares the image with the gateway's own function and sends raw pixels; the
+    model sees the same input, and the boxes come back mapped onto the original image (a large JPEG, decoded at a
+    reduced size by both)."""
+    from anytime.imaging import letterbox, open_image
+
+    path = tmp_path / "big.jpg"
+    big = np.random.default_rng(2).integers(0, 255, (60, 80, 3), dtype=np.uint8).repeat(10, 0).repeat(10, 1)
+    Image.fromarray(big).save(path, quality=90)  # 800 x 600: blocky noise the tiny model finds things in
+
+    def answer(*extra):
+        assert main(["detect", str(path), "--server", stack.address, "--budget-ms", "5000", "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    encoded, letterboxed, sized = answer(), answer("--letterbox"), answer("--letterbox", "64")
+    assert encoded["detections"], "the test needs detections to compare"
+    assert letterboxed["exit"] == encoded["exit"] and len(letterboxed["detections"]) == len(encoded["detections"])
+    for a, b in zip(encoded["detections"], letterboxed["detections"]):
+        assert a["category_id"] == b["category_id"] and abs(a["score"] - b["score"]) < 1e-4
+        assert all(abs(a[k] - b[k]) < 0.01 for k in ("x1", "y1", "x2", "y2"))  # original pixels, both
+    assert all(0 <= d["x1"] < d["x2"] <= 800 and 0 <= d["y1"] < d["y2"] <= 600 for d in sized["detections"])
+    # what the client sent is what the gateway would have made of the photo
+    pixels, scale = letterbox(open_image(path.read_bytes()), 64)
+    assert scale == 64 / 800 and pixels.shape == (3, 64, 64)
+
+
+def test_letterbox_errors_are_the_clients(stack, tmp_path, capsys):
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    assert main(["detect", str(path), "--server", stack.address, "--letterbox", "64"]) == 2
+    assert "cannot letterbox" in capsys.readouterr().err

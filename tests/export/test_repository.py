@@ -240,3 +240,29 @@ def test_sha256_file(tmp_path):
     data = bytes(range(256)) * 5000
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f", chunk=4096) == hashlib.sha256(data).hexdigest()
+
+
+def test_the_exit_models_instances_and_threads_are_set_in_place(tmp_path, tiny_detector_onnx):
+    """``anytime serve --instances N --intra-op-threads T`` and ``anytime export --intra-op-threads T``: the
+    exit models' configs change, their graphs and everything else stay."""
+    from anytime.export.repository import configure_exits
+
+    for k in (1, 2):
+        write_model_dir(tmp_path, model_name(k), tiny_detector_onnx(S, D), image_size=S, max_detections=D)
+    write_manifest(tmp_path, {"exits": [{"exit": k, "model": model_name(k)} for k in (1, 2)], "image_size": S,
+                              "max_detections": D, "class_names": ["a"]})
+    graph = (tmp_path / model_name(1) / "1" / "model.onnx").read_bytes()
+    before = parse(tmp_path / model_name(2) / "config.pbtxt")
+    assert configure_exits(tmp_path, instances=2, intra_op_threads=1) == [model_name(1), model_name(2)]
+    for k in (1, 2):
+        cfg = parse(tmp_path / model_name(k) / "config.pbtxt")
+        assert [g.count for g in cfg.instance_group] == [2]
+        assert cfg.parameters["intra_op_thread_count"].string_value == "1"
+    after = parse(tmp_path / model_name(2) / "config.pbtxt")
+    after.instance_group[0].count = before.instance_group[0].count
+    del after.parameters["intra_op_thread_count"]
+    assert after == before
+    assert (tmp_path / model_name(1) / "1" / "model.onnx").read_bytes() == graph
+    assert configure_exits(tmp_path, instances=2) == []  # already so: nothing rewritten
+    with pytest.raises(ValueError):
+        configure_exits(tmp_path, instances=0)

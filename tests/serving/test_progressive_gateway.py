@@ -27,7 +27,7 @@ EXECUTION = "progressive"  # the stack fixture (tests/serving/conftest.py) serve
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     out = tmp_path_factory.mktemp("progressive") / "repo"
-    model = random_detector(tiny_config(repeats=EXITS, width=96, image_size=256, head_convs=1, score_thresh=0.97,
+    model = random_detector(tiny_config(repeats=EXITS, width=128, image_size=256, head_convs=1, score_thresh=0.97,
                                         residual_pyramids=True), logit_std=0.05)
     export_repository(model, {}, out, verify=False, progress=lambda *_: None)
     return out
