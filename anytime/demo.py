@@ -2,14 +2,17 @@
 
 1. make sure the default benchmark exists (generated, deterministic) and the default model is exported;
 2. start a real Triton server and the anytime gateway on loopback;
-3. stream the val split through the gateway at several budgets and arrival rates (open loop);
-4. print the table (AP, budget met, latency, exits) and write the plots to runs/demo/;
-5. stop everything it started.
+3. measure the stack end to end (capacity, and each exit's p99 at half of it) and choose budgets from that;
+4. stream the val split through the gateway at those budgets at half capacity, then once at twice capacity;
+5. print the table (AP, budget met, latency, exits), a sentence on what was met, and write the plots to runs/demo/;
+6. stop everything it started.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -22,6 +25,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repository", type=Path, default=None, help="where to export (default: model_repository/)")
     p.add_argument("--requests", type=int, default=200, help="requests per setting")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--probe-requests", type=int, default=60,
+                   help="requests per measurement that chooses the budgets and rates (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -31,14 +36,13 @@ def _step(message: str) -> float:
 
 
 def run(args) -> int:
+    from anytime.cli import UserError
     from anytime.config import DEFAULT_CHECKPOINT, DEFAULT_REPOSITORY
     from anytime.data import DEFAULT_DATA_DIR
     from anytime.data.synth import ensure_default
-    from anytime.export.exporter import ensure_exported
+    from anytime.export.ensure import ExportFailed, ensure_exported
     from anytime.clients.loadgen import loadgen
     from anytime.clients.report import format_table
-    from anytime.serving.api import anytime_pb2 as pb
-    from anytime.serving.api import anytime_pb2_grpc as pb_grpc
     from anytime.serving.stack import ServingStack
 
     start = time.perf_counter()
@@ -48,30 +52,82 @@ def run(args) -> int:
     if args.data is None:
         ensure_default(data)
     _step(f"model: {DEFAULT_CHECKPOINT.name} -> {repository}/")
-    ensure_exported(repository, DEFAULT_CHECKPOINT, replace_stale=True)
+    try:
+        ensure_exported(repository, DEFAULT_CHECKPOINT, replace_stale=True)  # in a child process, if at all
+    except ExportFailed as e:
+        raise UserError(str(e)) from None
     _step("starting Triton and the anytime gateway on loopback")
-    import grpc
-
     with ServingStack(repository) as stack:
-        with grpc.insecure_channel(stack.address) as channel:
-            info = pb_grpc.DetectorStub(channel).GetModelInfo(pb.ModelInfoRequest())
-        prof = {p.exit: p for p in info.endpoints[0].profile}
-        exits = sorted(prof)
-        for e in exits:
-            print(f"  exit {e}: p50 {prof[e].p50_ms:.1f} ms, p95 {prof[e].p95_ms:.1f} ms (measured on this machine)")
-        # Budgets from "only exit 1 fits" to "every exit fits"; rates at about half and all of the deepest exit's
-        # capacity (one request in flight at a time).
-        first, last = prof[exits[0]].p95_ms, prof[exits[-1]].p95_ms
-        budgets = sorted({round(first * 1.5 + 5), round((first + last) / 2 * 1.5 + 5), round(last * 3 + 10)})
-        capacity = 1000.0 / prof[exits[-1]].p50_ms
-        rates = [round(capacity * 0.5, 1), round(capacity * 1.0, 1)]
-        print(f"  gateway at {stack.address}; budgets {budgets} ms; rates {rates} requests/s")
+        plan = plan_settings(stack.address, data, probe_requests=args.probe_requests)
+        print(f"  gateway at {stack.address}; measured end to end: {plan['capacity']:.1f} requests/s with 4 clients; "
+              f"at {plan['rate']:g} requests/s, " + ", ".join(f"exit {e} p99 {ms:.1f} ms" for e, ms in
+                                                          plan["p99_ms"].items()))
+        print(f"  budgets {plan['budgets']} ms at {plan['rate']:g} requests/s (about half of capacity), then "
+              f"{plan['budgets'][1]} ms at {plan['overload_rate']:g} requests/s (twice capacity)")
         _step(f"streaming {args.requests} val images per setting through the gateway")
-        report = loadgen(stack.address, data, budgets_ms=budgets, rates=rates, requests=args.requests, out=args.out)
+        report = loadgen(stack.address, data, requests=args.requests, out=args.out, pairs=plan["pairs"])
+    report["plan"] = {k: v for k, v in plan.items() if k != "pairs"}
+    (args.out / "loadgen.json").write_text(json.dumps(report, indent=2) + "\n")
     _step("results")
     print(format_table(report))
+    print("\n" + summary(report))
     print(f"\nplots and JSON in {args.out}/: {', '.join(Path(p).name for p in report['plots'])}, loadgen.json")
     print(f"demo finished in {time.perf_counter() - start:.0f} s; everything it started has stopped.")
     print("Try it yourself:  .venv/bin/anytime serve   and in another shell   "
           ".venv/bin/anytime detect data/synth/val/000000.png --budget-ms 40", file=sys.stderr)
     return 0
+
+
+def plan_settings(address: str, data, probe_requests: int = 60, load: float = 0.5) -> dict:
+    """The demo's settings, from what the served stack measures end to end, on the client's clock, at the demo's
+    own load and on its own images (decoding included), not from the model's profile alone.
+
+    1. Capacity: answers per second with 4 closed-loop clients and generous budgets.
+    2. At ``load`` x capacity (open loop), every exit's client-side p99 when it is the only one asked for.
+    3. Budgets: 1.2 x that p99 (+ 2 ms) for the first, a middle and the last exit: each budget leaves its exit the
+       room its slow requests need at that load, so the scheduler keeps >= 99 % of them in time while the AP at
+       budget climbs with the budget. An overload row (the middle budget at twice capacity) shows what happens
+       when no exit fits everyone: fast refusals, not late answers.
+    """
+    import asyncio
+
+    import grpc
+    import numpy as np
+
+    from anytime.clients.detect import image_bytes
+    from anytime.clients.loadgen import closed_loop, open_dataset, run_setting
+    from anytime.serving.api import anytime_pb2 as pb
+    from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+
+    dataset = open_dataset(data)
+    files = [dataset.image_dir / dataset.coco.imgs[i]["file_name"] for i in dataset.ids[:probe_requests]]
+    payloads = [image_bytes(f) for f in files]
+    capacity = asyncio.run(closed_loop(address, payloads, 2 * probe_requests, clients=4))["throughput"]
+    rate = round(load * capacity, 1)
+
+    with grpc.insecure_channel(address) as channel:
+        exits = list(pb_grpc.DetectorStub(channel).GetModelInfo(pb.ModelInfoRequest(), timeout=10).exits)
+    chosen = sorted({exits[0], exits[len(exits) // 2 - 1] if len(exits) > 2 else exits[0], exits[-1]})
+    p99 = {}
+    for e in chosen:
+        result = asyncio.run(run_setting(address, dataset, 10_000.0, rate, probe_requests, seed=1, exits=(e, e),
+                                         progress=False))
+        latencies = [r.latency_ms for r in result.records if r.latency_ms is not None]
+        p99[e] = float(np.percentile(latencies, 99)) if latencies else 10_000.0
+    budgets = sorted({int(math.ceil(1.2 * ms + 2)) for ms in p99.values()})
+    pairs = [(b, rate) for b in budgets] + [(budgets[len(budgets) // 2], round(2 * capacity, 1))]
+    return {"capacity": capacity, "rate": rate, "overload_rate": pairs[-1][1], "p99_ms": p99, "budgets": budgets,
+            "pairs": pairs}
+
+
+def summary(report: dict) -> str:
+    """One sentence on what was met: the promise at half capacity, and the overload row."""
+    plan, settings = report["plan"], report["settings"]
+    main, over = settings[:-1], settings[-1]
+    met = ", ".join(f"{s['budget']} ms {100 * s['budget_met_rate']:.1f} %" for s in main)
+    aps = [s["AP"] for s in main]
+    refused = over.get("refused_at_once", 0)
+    return (f"At {plan['rate']:g} requests/s (half of the {plan['capacity']:.1f}/s this stack measured), budgets met: "
+            f"{met}; AP at budget {100 * aps[0]:.1f} -> {100 * aps[-1]:.1f} from the smallest budget to the largest. "
+            f"At twice capacity ({over['rate']:g}/s, {over['budget']} ms): {refused} of {over['requests']} refused "
+            f"at once (within 10 ms), {over['late']} late answers, {100 * over['budget_met_rate']:.1f} % met.")
