@@ -169,10 +169,19 @@ class Scheduler:
 
     def _costs(self, req: Request, ref: str) -> tuple[float, float]:
         """(own planning seconds, expected work) of the request at its first allowed exit on ``ref``, its image's
-        preparation included while it has not been prepared."""
+        preparation included while it has not been prepared.
+
+        Own time at the planning quantile, call by call, when the queue keeps no safety (``protect_z`` 0). With
+        one, own time is its mean (plus the margin): the safety's standard deviations cover its own noise with the
+        noise of the work before it, as one sum, where a quantile per call (decoding, then inference) would add
+        up as if every call ran slow at once."""
         first = self.allowed_exits(req)[0]
-        return (self.service_time(req, ref, first) + req.prep,
-                self.service_time(req, ref, first, expected=True) + self.config.prep_weight * req.prep_expected)
+        work = self.service_time(req, ref, first, expected=True) + self.config.prep_weight * req.prep_expected
+        if self.config.protect_z:
+            own = self.profiles[ref].expected(first) * req.share + self.config.margin_ms / 1000.0 + req.prep_expected
+        else:
+            own = self.service_time(req, ref, first) + req.prep
+        return own, work
 
     def _variance(self, req: Request, ref: str) -> float:
         """Variance (s^2) of the request's expected work at its first allowed exit, preparation included."""
@@ -200,9 +209,14 @@ class Scheduler:
         return sum(self.profiles[ep].spread(a.exit) ** 2 for ep, per in self.busy.items() for a in per.values())
 
     def fastest(self, req: Request) -> float:
-        """Planning seconds of the request at its first allowed exit on its fastest endpoint."""
+        """Planning seconds of the request alone, preparation included, at its first allowed exit on its fastest
+        endpoint: its own time and safety (``_costs``, ``safety``) as if nothing else were queued or running."""
         first = self.allowed_exits(req)[0]
-        return min(self.service_time(req, ep, first) for ep in self._endpoints())
+        if not self.config.protect_z:
+            return min(self.service_time(req, ep, first) for ep in self._endpoints()) + req.prep
+        ep = min(self._endpoints(), key=lambda e: self.profiles[e].expected(first))
+        own, _ = self._costs(req, ep)
+        return own + self.config.protect_z * self._variance(req, ep) ** 0.5
 
     def in_flight_work(self, now: float) -> float:
         """Expected work still running, in seconds of the fastest endpoint."""
@@ -277,7 +291,7 @@ class Scheduler:
         if budget <= 0:
             raise Rejected(DEADLINE_EXCEEDED, "the deadline had passed before the request was scheduled")
         ref, _, m = self._tick(now)
-        fastest = self.fastest(req) + req.prep
+        fastest = self.fastest(req)
         if fastest > budget:
             if self.config.when_infeasible != "first_exit":
                 decoding = f", decoding its image {req.prep * 1e3:.1f} ms of it" if req.prep else ""

@@ -1,0 +1,211 @@
+"""How much CPU does one request cost each process of the stack (gateway, tritonserver, each python stub, client)?
+
+    .venv/bin/python benchmarks/cpu_per_request.py [--requests 300] [--sets photos,bench] [--clients 1,4]
+
+CPU time (utime + stime from ``/proc/PID/stat``) moves little from run to run, unlike latency percentiles on a
+shared 2-core machine, so it decides between designs that budgets met cannot tell apart. Every request asks for
+exit 4 (min_exit = max_exit = 4) with a generous budget, so each does the same model work, and the columns differ
+only by what the images cost. Rows: one request at a time, and 4 closed-loop clients, for the photo mix
+(``anytime data photos``: 300-1000 px, half JPEG, half PNG) and the benchmark's own 224-288 px PNGs. Encoded
+images are sent as outside clients send them; ``--client-letterbox`` adds rows where the client letterboxes
+first and sends raw pixels (``anytime.clients.detect``'s option), to show what that saves the server.
+
+The floor beside it: ONNX Runtime's own CPU per call of the exit-4 graph in this process, at the thread count
+the repository serves with (``intra_op_thread_count``, else the runtime's default), spinning off as served.
+Writes runs/bench/cpu_per_request.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def process_names(stack) -> dict[str, int]:
+    """name -> pid for the gateway, each tritonserver and each of its python stubs (by the model it serves)."""
+    names = {"gateway": stack.gateway.pid}
+    for k, t in enumerate(stack.tritons):
+        names[f"tritonserver{k or ''}"] = t.pid
+        for pid in children(t.pid):
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            model = next((c.decode().split("/")[-3] for c in cmd if c.endswith(b"model.py")), None)
+            label = f"stub {model}" if model else Path(cmd[0].decode()).name
+            names[label if label not in names else f"{label} {pid}"] = pid
+    return names
+
+
+def load_images(data_dir: Path, limit: int) -> list[bytes]:
+    from anytime.data.coco import find_split
+
+    image_dir, ann_file = find_split(data_dir, "val")
+    infos = json.loads(Path(ann_file).read_text())["images"][:limit]
+    return [(Path(image_dir) / i["file_name"]).read_bytes() for i in infos]
+
+
+def run_requests(address: str, images: list[bytes], requests: int, clients: int, exit: int,
+                 letterbox_size: int | None) -> dict:
+    import grpc
+
+    from anytime.clients.detect import letterboxed_request
+    from anytime.serving.api import anytime_pb2 as pb
+    from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+
+    if letterbox_size:
+        prepared = [letterboxed_request(data, letterbox_size)[0] for data in images]
+    else:
+        prepared = [pb.DetectRequest(encoded=data) for data in images]
+    for r in prepared:
+        r.budget_ms, r.min_exit, r.max_exit = 10_000.0, exit, exit
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    errors, exits = [], []
+
+    def worker():
+        with grpc.insecure_channel(address) as ch:
+            stub = pb_grpc.DetectorStub(ch)
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                try:
+                    exits.append(stub.Detect(prepared[i % len(prepared)], timeout=30).exit)
+                except grpc.RpcError as e:
+                    errors.append(e.code().name)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"wall_s": time.perf_counter() - t0, "errors": errors, "exits": sorted(set(exits))}
+
+
+def measure(stack, address, images, requests, clients, exit, letterbox_size) -> dict:
+    pids = process_names(stack)
+    run_requests(address, images, min(20, requests), clients, exit, letterbox_size)  # warm
+    before = {n: cpu_seconds(p) for n, p in pids.items()}
+    client_before = time.process_time()
+    out = run_requests(address, images, requests, clients, exit, letterbox_size)
+    client = time.process_time() - client_before
+    per = {n: (cpu_seconds(p) - before[n]) / requests * 1e3 for n, p in pids.items()}
+    per["client"] = client / requests * 1e3
+    stubs = sum(v for n, v in per.items() if n.startswith("stub"))
+    return {"per_process_ms": per, "stubs_ms": stubs, "stack_ms": sum(v for n, v in per.items() if n != "client"),
+            "requests_per_s": requests / out["wall_s"], "errors": len(out["errors"]), "exits": out["exits"]}
+
+
+def ort_floor(repository: Path, exit: int, runs: int = 200) -> dict:
+    """CPU ms per call of the exit's graph in ONNX Runtime alone, as the repository's runner configures it."""
+    import onnxruntime as ort
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from anytime.export.repository import read_manifest
+
+    manifest = read_manifest(repository)
+    model = next(e["model"] for e in manifest["exits"] if e["exit"] == exit)
+    config = text_format.Parse((repository / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(params.get("intra_op_thread_count") or 0)
+    options.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "0"))
+    session = ort.InferenceSession(str(repository / model / "1" / "model.onnx"), options,
+                                   providers=["CPUExecutionProvider"])
+    size = int(manifest["image_size"])
+    feed = {session.get_inputs()[0].name: np.zeros((1, 3, size, size), np.uint8)}
+    for _ in range(10):
+        session.run(None, feed)
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(runs):
+        session.run(None, feed)
+    return {"cpu_ms": (time.process_time() - c0) / runs * 1e3, "wall_ms": (time.perf_counter() - t0) / runs * 1e3,
+            "threads": options.intra_op_num_threads or "default"}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--data", type=Path, default=Path("data/synth"))
+    p.add_argument("--photos", type=Path, default=Path("data/photos"))
+    p.add_argument("--sets", default="photos,bench")
+    p.add_argument("--clients", default="1,4")
+    p.add_argument("--requests", type=int, default=300)
+    p.add_argument("--exit", type=int, default=4)
+    p.add_argument("--client-letterbox", action="store_true", help="also rows with raw, letterboxed pixels")
+    p.add_argument("--gateway-args", default="", help="extra `anytime serve` flags, space separated")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    args = p.parse_args()
+
+    from anytime.config import DEFAULT_CHECKPOINT
+    from anytime.data import photos
+    from anytime.data.synth import ensure_default
+    from anytime.export.ensure import ensure_exported
+    from anytime.export.repository import read_manifest
+    from anytime.serving.stack import ServingStack
+
+    ensure_default(args.data)
+    ensure_exported(args.repository, DEFAULT_CHECKPOINT)
+    sets = {"bench": load_images(args.data, 200)}
+    if "photos" in args.sets:
+        sets["photos"] = load_images(photos.ensure(args.data, args.photos), 10_000)
+    size = int(read_manifest(args.repository)["image_size"])
+    rows = []
+    with ServingStack(args.repository, gateway_args=tuple(args.gateway_args.split())) as stack:
+        for name in args.sets.split(","):
+            for clients in (int(c) for c in args.clients.split(",")):
+                for lb in ([None, size] if args.client_letterbox else [None]):
+                    r = measure(stack, stack.address, sets[name], args.requests, clients, args.exit, lb)
+                    r.update(set=name, clients=clients, sent="raw letterboxed" if lb else "encoded")
+                    rows.append(r)
+                    print(f"{name:7s} {clients} client(s) {r['sent']:16s} gateway {r['per_process_ms']['gateway']:5.1f} "
+                          f"stubs {r['stubs_ms']:5.1f} stack {r['stack_ms']:5.1f} client "
+                          f"{r['per_process_ms']['client']:4.1f} ms/request; {r['requests_per_s']:.1f}/s, "
+                          f"{r['errors']} errors, exits {r['exits']}", flush=True)
+    floor = ort_floor(args.repository, args.exit)
+    names = sorted({n for r in rows for n in r["per_process_ms"]}, key=lambda n: (n.startswith("stub"), n))
+    print(f"\nCPU ms per request at exit {args.exit}, {args.requests} requests a row (utime + stime from /proc)\n")
+    print("| set | clients | sent | " + " | ".join(names) + " | stack | requests/s |")
+    print("|---|---|---|" + "---|" * len(names) + "---|---|")
+    for r in rows:
+        cells = " | ".join(f"{r['per_process_ms'].get(n, 0.0):.1f}" for n in names)
+        print(f"| {r['set']} | {r['clients']} | {r['sent']} | {cells} | {r['stack_ms']:.1f} | {r['requests_per_s']:.1f} |")
+    print(f"\nfloor: ONNX Runtime alone, exit {args.exit} graph, {floor['threads']} intra-op threads: "
+          f"{floor['cpu_ms']:.1f} CPU ms ({floor['wall_ms']:.1f} ms wall) per call")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cpu_per_request.json").write_text(json.dumps({"rows": rows, "floor": floor}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
