@@ -10,8 +10,10 @@ only by what the images cost. Rows: one request at a time, and 4 closed-loop cli
 images are sent as outside clients send them; ``--client-letterbox`` adds rows where the client letterboxes
 first and sends raw pixels (``anytime.clients.detect``'s option), to show what that saves the server.
 
-The floor beside it: ONNX Runtime's own CPU per call of the exit-4 graph in this process, at the thread count
-the repository serves with (``intra_op_thread_count``, else the runtime's default), spinning off as served.
+The floors beside it: ONNX Runtime's own CPU per call of the exit-4 graph in this process, at the thread count
+the repository serves with (``intra_op_thread_count``, else the runtime's default), spinning off as served; and
+the CPU of decoding and letterboxing each set's images in this process, one thread (what the gateway cannot
+spend less than, with this decoder).
 Writes runs/bench/cpu_per_request.json.
 """
 
@@ -125,6 +127,18 @@ def measure(stack, address, images, requests, clients, exit, letterbox_size) -> 
             "requests_per_s": requests / out["wall_s"], "errors": len(out["errors"]), "exits": out["exits"]}
 
 
+def decode_floor(images: list[bytes], size: int) -> float:
+    """CPU ms per image of decoding and letterboxing the set in this process, one thread: the gateway's floor."""
+    from anytime.imaging import letterbox, open_image
+
+    for data in images[:5]:
+        letterbox(open_image(data), size)
+    c0 = time.process_time()
+    for data in images:
+        letterbox(open_image(data), size)
+    return (time.process_time() - c0) / len(images) * 1e3
+
+
 def ort_floor(repository: Path, exit: int, runs: int = 200) -> dict:
     """CPU ms per call of the exit's graph in ONNX Runtime alone, as the repository's runner configures it."""
     import onnxruntime as ort
@@ -193,6 +207,7 @@ def main() -> int:
                           f"{r['per_process_ms']['client']:4.1f} ms/request; {r['requests_per_s']:.1f}/s, "
                           f"{r['errors']} errors, exits {r['exits']}", flush=True)
     floor = ort_floor(args.repository, args.exit)
+    decoding = {name: decode_floor(images, size) for name, images in sets.items() if name in args.sets}
     names = sorted({n for r in rows for n in r["per_process_ms"]}, key=lambda n: (n.startswith("stub"), n))
     print(f"\nCPU ms per request at exit {args.exit}, {args.requests} requests a row (utime + stime from /proc)\n")
     print("| set | clients | sent | " + " | ".join(names) + " | stack | requests/s |")
@@ -201,9 +216,11 @@ def main() -> int:
         cells = " | ".join(f"{r['per_process_ms'].get(n, 0.0):.1f}" for n in names)
         print(f"| {r['set']} | {r['clients']} | {r['sent']} | {cells} | {r['stack_ms']:.1f} | {r['requests_per_s']:.1f} |")
     print(f"\nfloor: ONNX Runtime alone, exit {args.exit} graph, {floor['threads']} intra-op threads: "
-          f"{floor['cpu_ms']:.1f} CPU ms ({floor['wall_ms']:.1f} ms wall) per call")
+          f"{floor['cpu_ms']:.1f} CPU ms ({floor['wall_ms']:.1f} ms wall) per call; decoding + letterbox alone, one "
+          "thread: " + ", ".join(f"{name} {ms:.1f}" for name, ms in decoding.items()) + " CPU ms per image")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cpu_per_request.json").write_text(json.dumps({"rows": rows, "floor": floor}, indent=1))
+    (args.out / "cpu_per_request.json").write_text(json.dumps({"rows": rows, "floor": floor, "decoding": decoding},
+                                                              indent=1))
     return 0
 
 

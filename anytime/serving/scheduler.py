@@ -2,8 +2,11 @@
 
 Pure logic on an injected clock (every method takes ``now``), so the gateway drives it with real time and
 tests and benchmarks drive it with a simulated one. Each endpoint is ``slots`` servers whose service time per
-exit comes from its ``LatencyProfile``: the request's own time at the planning quantile (its deadline is at
-stake), the time others wait behind it at the mean (a sum of p95s would refuse work the system can do).
+exit comes from its ``LatencyProfile``; the time others wait behind a request is its mean (a sum of p95s would
+refuse work the system can do), and every deadline keeps ``protect_z`` standard deviations of the work before it,
+its own included (``safety``: the calls' noise partly averages out, so variances add). A request's image counts
+too: until it is decoded, its predicted decoding (``Request.prep``, ``anytime.serving.imagecost``) is part of
+its own time and of the work ahead of later deadlines.
 
 Decisions, each O(log n) in the queue length (``anytime.serve.edf`` keeps the sums):
 
@@ -304,9 +307,11 @@ class Scheduler:
         threshold = m * now + self.in_flight_work(now) + self.safety(self._variance(req, ref))
         ahead, _ = self._tree.around(req.key)
         if not req.best_effort and m * (req.deadline - f) - ahead < threshold:
-            raise Rejected(RESOURCE_EXHAUSTED, f"overloaded: about {ahead / m * 1e3:.0f} ms of queued work and "
-                                               f"{(threshold / m - now) * 1e3:.0f} ms in flight leave no exit within "
-                                               f"the {budget * 1e3:.0f} ms budget")
+            running, safety = self.in_flight_work(now), threshold - m * now - self.in_flight_work(now)
+            raise Rejected(RESOURCE_EXHAUSTED, f"overloaded: about {ahead / m * 1e3:.0f} ms of queued work, "
+                                               f"{running / m * 1e3:.0f} ms in flight and {safety / m * 1e3:.0f} ms "
+                                               f"for their noise leave no exit within the {budget * 1e3:.0f} ms "
+                                               f"budget (this request: {f * 1e3:.0f} ms)")
         if self.config.protect_queue:
             behind = self._demote_late(req.key, threshold)
             if behind - e < threshold:
