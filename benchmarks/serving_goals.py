@@ -102,9 +102,10 @@ def main() -> int:
                    help="LOAD:K pairs, budget K x D at LOAD x T (default: %(default)s)")
     p.add_argument("--busy", action="store_true", help="add the row with one core busy")
     p.add_argument("--gateway-args", default="", help="extra `anytime serve` flags for every stack")
-    p.add_argument("--variant", action="append", default=[], metavar="LABEL=INSTANCES,THREADS,SLOTS",
-                   help="also an upfront stack on a copy of the repository whose exit models run INSTANCES instances "
-                        "of THREADS ONNX Runtime threads each, SLOTS calls in flight (repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:INSTANCES:THREADS:SERVE ARGS",
+                   help="also an upfront stack, on a copy of the repository whose exit models run INSTANCES instances "
+                        "of THREADS ONNX Runtime threads (empty: as exported), with these `anytime serve` flags; e.g. "
+                        "'1thread:2:1:--slots 2' or 'margin5:::--margin-ms 5' (repeatable)")
     p.add_argument("--baseline", type=Path, default=None, metavar="DIR",
                    help="also an upfront gateway run from another checkout's package (e.g. a git worktree of an older "
                         "commit), as execution 'baseline'")
@@ -128,14 +129,16 @@ def main() -> int:
     extra = tuple(args.gateway_args.split())
     stacks = {e: ServingStack(args.repository, gateway_args=("--execution", e, *extra)) for e in executions}
     for variant in args.variant:
-        label, numbers = variant.split("=")
-        instances, threads, slots = (int(x) for x in numbers.split(","))
-        copy = args.out / f"repository-{label}"
-        shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(args.repository, copy)
-        configure_exits(copy, instances=instances, intra_op_threads=threads)
+        label, instances, threads, flags = variant.split(":", 3)
+        repository = args.repository
+        if instances or threads:
+            repository = args.out / f"repository-{label}"
+            shutil.rmtree(repository, ignore_errors=True)
+            shutil.copytree(args.repository, repository)
+            configure_exits(repository, instances=int(instances) if instances else None,
+                            intra_op_threads=int(threads) if threads else None)
         executions.append(label)
-        stacks[label] = ServingStack(copy, gateway_args=("--execution", "upfront", "--slots", str(slots), *extra))
+        stacks[label] = ServingStack(repository, gateway_args=("--execution", "upfront", *flags.split(), *extra))
     if args.baseline:
         executions.append("baseline")
         stacks["baseline"] = ServingStack(args.repository, gateway_args=("--execution", "upfront"))

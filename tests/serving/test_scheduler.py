@@ -308,7 +308,7 @@ def test_every_deadline_keeps_a_safety_for_the_noise_of_the_work_before_it():
 def test_an_images_decoding_is_work_until_it_is_prepared():
     """Admission counts a request's decoding (its own time, and work ahead of later deadlines); once decoded, it
     is neither, and the room it held admits another request."""
-    s = sched(fixed_exit=1)  # exit 1: 10 ms
+    s = sched(fixed_exit=1, prep_weight=1.0)  # exit 1: 10 ms; decoding delays what is behind it by all of its time
     with pytest.raises(Rejected) as r:  # 20 ms of decoding + 10 ms of exit 1 > 25 ms
         s.admit(Request(deadline=25 * MS, arrival=0.0, prep=20 * MS, prep_expected=20 * MS), now=0.0)
     assert r.value.code == DEADLINE_EXCEEDED and "decoding its image 20.0 ms" in str(r.value)
