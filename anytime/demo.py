@@ -25,7 +25,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repository", type=Path, default=None, help="where to export (default: model_repository/)")
     p.add_argument("--requests", type=int, default=200, help="requests per setting")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--probe-requests", type=int, default=60,
+    p.add_argument("--probe-requests", type=int, default=100,
                    help="requests per measurement that chooses the budgets and rates (default: %(default)s)")
     p.set_defaults(func=run)
 
@@ -78,16 +78,19 @@ def run(args) -> int:
     return 0
 
 
-def plan_settings(address: str, data, probe_requests: int = 60, load: float = 0.5) -> dict:
+def plan_settings(address: str, data, probe_requests: int = 100, load: float = 0.5) -> dict:
     """The demo's settings, from what the served stack measures end to end, on the client's clock, at the demo's
     own load and on its own images (decoding included), not from the model's profile alone.
 
     1. Capacity: answers per second with 4 closed-loop clients and generous budgets.
-    2. At ``load`` x capacity (open loop), every exit's client-side p99 when it is the only one asked for.
-    3. Budgets: 1.2 x that p99 (+ 2 ms) for the first, a middle and the last exit: each budget leaves its exit the
-       room its slow requests need at that load, so the scheduler keeps >= 99 % of them in time while the AP at
-       budget climbs with the budget. An overload row (the middle budget at twice capacity) shows what happens
-       when no exit fits everyone: fast refusals, not late answers.
+    2. At ``load`` x capacity (open loop), the first and the last exit's client-side p99 when each is the only one
+       asked for.
+    3. Budgets: 1.5 x those p99s (+ 2 ms), and the middle of the two: each leaves the exit the room its slow
+       requests need at that load, so that the scheduler keeps >= 99 % of them in time. An overload row (the
+       middle budget at twice capacity) shows what happens when no exit fits everyone: fast refusals, not late
+       answers. On the 2-core CPU the trade-off hardly shows here: exit 1's p99 at half load (queueing, decoding)
+       is several times the few milliseconds that separate exit 1 from exit 4, so any budget that keeps exit 1
+       in time lets exit 4 fit whenever the queue is short.
     """
     import asyncio
 
@@ -107,14 +110,14 @@ def plan_settings(address: str, data, probe_requests: int = 60, load: float = 0.
 
     with grpc.insecure_channel(address) as channel:
         exits = list(pb_grpc.DetectorStub(channel).GetModelInfo(pb.ModelInfoRequest(), timeout=10).exits)
-    chosen = sorted({exits[0], exits[len(exits) // 2 - 1] if len(exits) > 2 else exits[0], exits[-1]})
     p99 = {}
-    for e in chosen:
+    for e in sorted({exits[0], exits[-1]}):
         result = asyncio.run(run_setting(address, dataset, 10_000.0, rate, probe_requests, seed=1, exits=(e, e),
                                          progress=False))
         latencies = [r.latency_ms for r in result.records if r.latency_ms is not None]
         p99[e] = float(np.percentile(latencies, 99)) if latencies else 10_000.0
-    budgets = sorted({int(math.ceil(1.2 * ms + 2)) for ms in p99.values()})
+    low, high = (int(math.ceil(1.5 * p99[e] + 2)) for e in (exits[0], exits[-1]))
+    budgets = sorted({low, (low + high) // 2, high})
     pairs = [(b, rate) for b in budgets] + [(budgets[len(budgets) // 2], round(2 * capacity, 1))]
     return {"capacity": capacity, "rate": rate, "overload_rate": pairs[-1][1], "p99_ms": p99, "budgets": budgets,
             "pairs": pairs}

@@ -16,9 +16,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="python: a python-backend model.py running ONNX Runtime (works with PyPI's Triton); "
                         "onnxruntime: Triton's native ORT backend (NGC containers)")
     p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--instances", type=int, default=1, help="model instances per exit")
-    p.add_argument("--intra-op-threads", type=int, default=None,
-                   help="ONNX Runtime threads per call of an exit model (default: the runtime's own)")
+    # 2 instances of 1 thread each, not 1 of the runtime's 2: on the 2-core machine this project serves on, two calls
+    # in flight on one thread each met more budgets than one call on two threads in 3 runs of
+    # benchmarks/serving_goals.py (e.g. photo mix, 50 % load, budget 3D: 88.1 against 79.6 %) for the same or less CPU
+    # per request (benchmarks/cpu_per_request.py); one call alone is slower (exit 4: 9.0 against 7.4 ms)
+    p.add_argument("--instances", type=int, default=2, help="model instances per exit (default: %(default)s)")
+    p.add_argument("--intra-op-threads", type=int, default=1,
+                   help="ONNX Runtime threads per call of an exit model (default: %(default)s; 0: the runtime's own)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--max-stage-batch", type=int, default=8,
                    help="progressive model: requests one stage call may batch (1: no stage batching)")
@@ -45,13 +49,12 @@ def run_export(args) -> int:
     manifest = export_repository(model, meta, out, backend=args.backend, max_batch_size=args.max_batch_size,
                                  instances=args.instances, verify=not args.no_verify, stages=not args.no_stages,
                                  max_stage_batch=args.max_stage_batch)
-    if args.intra_op_threads is not None:
-        from anytime.export.repository import configure_exits
+    from anytime.export.repository import configure_exits
 
-        try:
-            configure_exits(out, intra_op_threads=args.intra_op_threads)
-        except ValueError as e:
-            raise UserError(str(e)) from None
+    try:
+        configure_exits(out, intra_op_threads=args.intra_op_threads)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     stages = f" and {len(manifest['progressive']['stages'])} stages" if manifest.get("progressive") else ""
     print(f"wrote {len(manifest['exits'])} exits{stages} to {out}/ ({args.backend} backend); manifest: {out / 'manifest.json'}")
     return 0

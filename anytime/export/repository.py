@@ -276,6 +276,17 @@ def configure_exits(repo: str | Path, instances: int | None = None, intra_op_thr
     return changed
 
 
+def exit_instances(repo: str | Path) -> int:
+    """How many calls of one exit model the repository's Triton runs at once (its instance count): the gateway's
+    default number of calls in flight per endpoint."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    entry = read_manifest(repo)["exits"][0]
+    cfg = text_format.Parse((Path(repo) / entry["model"] / "config.pbtxt").read_text(), mc.ModelConfig())
+    return max(1, sum(group.count or 1 for group in cfg.instance_group) or 1)
+
+
 def _write_model(repo: str | Path, name: str, version: int, config_text: str, files: dict) -> Path:
     """Model ``name`` version ``version`` in ``repo`` with ``files`` (name -> bytes or a path to copy).
 

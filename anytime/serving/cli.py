@@ -38,7 +38,8 @@ def _add_serve_parser(sub) -> None:
                    help="upfront (default): one exit per request, chosen before it starts, through the per-exit "
                         "models; progressive: every request runs stage by stage through the progressive model and "
                         "is answered at its deadline with the deepest exit reached")
-    p.add_argument("--slots", type=int, default=1, help="upfront: requests in flight per Triton endpoint (default: %(default)s)")
+    p.add_argument("--slots", type=int, default=None,
+                   help="upfront: requests in flight per Triton endpoint (default: the exit models' instance count)")
     p.add_argument("--quantile", type=float, default=0.95, help="latency quantile the scheduler plans with")
     p.add_argument("--margin-ms", type=float, default=None,
                    help="upfront: time reserved per request outside Triton (answer, transport; default: the "
@@ -104,6 +105,10 @@ def run(args) -> int:
                                                       metrics_port=metrics, restart=True))
             endpoints = [triton.grpc_url]
             print(f"started Triton on {triton.grpc_url} (log: {triton.log_file})", flush=True)
+        if args.slots is None:
+            from anytime.export.repository import exit_instances
+
+            args.slots = exit_instances(repository)
         config = GatewayConfig(
             repository=repository, endpoints=endpoints, host=args.host, port=args.port, metrics_port=args.metrics_port,
             default_budget_ms=args.default_budget_ms, token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
