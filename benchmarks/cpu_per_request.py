@@ -168,11 +168,11 @@ def ort_floor(repository: Path, exit: int, runs: int = 200) -> dict:
 
 
 def main() -> int:
+    from anytime.data import photos
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--data", type=Path, default=Path("data/synth"))
-    p.add_argument("--photos", type=Path, default=Path("data/photos"))
-    p.add_argument("--sets", default="photos,bench")
+    photos.add_set_arguments(p)
     p.add_argument("--clients", default="1,4")
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--exit", type=int, default=4)
@@ -182,21 +182,17 @@ def main() -> int:
     args = p.parse_args()
 
     from anytime.config import DEFAULT_CHECKPOINT
-    from anytime.data import photos
-    from anytime.data.synth import ensure_default
     from anytime.export.ensure import ensure_exported
     from anytime.export.repository import read_manifest
     from anytime.serving.stack import ServingStack
 
-    ensure_default(args.data)
     ensure_exported(args.repository, DEFAULT_CHECKPOINT)
-    sets = {"bench": load_images(args.data, 200)}
-    if "photos" in args.sets:
-        sets["photos"] = load_images(photos.ensure(args.data, args.photos), 10_000)
+    sets = {name: load_images(source, 200 if name == "bench" else 10_000)
+            for name, source in photos.set_sources(args).items()}
     size = int(read_manifest(args.repository)["image_size"])
     rows = []
     with ServingStack(args.repository, gateway_args=tuple(args.gateway_args.split())) as stack:
-        for name in args.sets.split(","):
+        for name in sets:
             for clients in (int(c) for c in args.clients.split(",")):
                 for lb in ([None, size] if args.client_letterbox else [None]):
                     r = measure(stack, stack.address, sets[name], args.requests, clients, args.exit, lb)
@@ -207,7 +203,7 @@ def main() -> int:
                           f"{r['per_process_ms']['client']:4.1f} ms/request; {r['requests_per_s']:.1f}/s, "
                           f"{r['errors']} errors, exits {r['exits']}", flush=True)
     floor = ort_floor(args.repository, args.exit)
-    decoding = {name: decode_floor(images, size) for name, images in sets.items() if name in args.sets}
+    decoding = {name: decode_floor(images, size) for name, images in sets.items()}
     names = sorted({n for r in rows for n in r["per_process_ms"]}, key=lambda n: (n.startswith("stub"), n))
     print(f"\nCPU ms per request at exit {args.exit}, {args.requests} requests a row (utime + stime from /proc)\n")
     print("| set | clients | sent | " + " | ".join(names) + " | stack | requests/s |")

@@ -91,11 +91,11 @@ def busy_loop() -> subprocess.Popen:
 
 
 def main() -> int:
+    from anytime.data import photos
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--data", type=Path, default=Path("data/synth"))
-    p.add_argument("--photos", type=Path, default=Path("data/photos"))
-    p.add_argument("--sets", default="photos,bench")
+    photos.add_set_arguments(p)
     p.add_argument("--executions", default="upfront,progressive")
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--rows", default=",".join(f"{a}:{b}" for a, b in ROWS),
@@ -116,16 +116,13 @@ def main() -> int:
     from anytime.clients.detect import image_bytes
     from anytime.clients.loadgen import open_dataset
     from anytime.config import DEFAULT_CHECKPOINT
-    from anytime.data import photos
-    from anytime.data.synth import ensure_default
     from anytime.export.ensure import ensure_exported
     from anytime.export.repository import configure_exits
     from anytime.serving.stack import ServingStack
 
-    ensure_default(args.data)
+    sources = photos.set_sources(args)
     executions = args.executions.split(",")
     ensure_exported(args.repository, DEFAULT_CHECKPOINT, stages="progressive" in executions)
-    sources = {"bench": args.data, "photos": photos.ensure(args.data, args.photos) if "photos" in args.sets else None}
     extra = tuple(args.gateway_args.split())
     stacks = {e: ServingStack(args.repository, gateway_args=("--execution", e, *extra)) for e in executions}
     for variant in args.variant:
@@ -147,8 +144,8 @@ def main() -> int:
         for e, s in stacks.items():
             with _pythonpath(args.baseline if e == "baseline" else None):
                 s.start()
-        for name in args.sets.split(","):
-            dataset = open_dataset(sources[name])
+        for name, source in sources.items():
+            dataset = open_dataset(source)
             payloads = [image_bytes(dataset.image_dir / dataset.coco.imgs[i]["file_name"]) for i in dataset.ids]
             t, d = measure_t_and_d(stacks[executions[0]].address, payloads)
             print(f"\n{name}: T {t:.1f} requests/s, D {d:.1f} ms (on {executions[0]})", flush=True)

@@ -94,3 +94,23 @@ def ensure(data_dir, out=DEFAULT_OUT, **kwargs) -> Path:
     if not (out / "annotations" / "instances_val.json").is_file():
         build(data_dir, out, **kwargs)
     return out
+
+
+def add_set_arguments(parser) -> None:
+    """``--data``, ``--photos`` and ``--sets``: which image sets a serving benchmark reports (both, by default:
+    every serving benchmark reports the photo mix and the benchmark's own images)."""
+    parser.add_argument("--data", type=Path, default=Path("data/synth"), help="the benchmark (default: %(default)s)")
+    parser.add_argument("--photos", type=Path, default=DEFAULT_OUT, help="the photo mix (default: %(default)s)")
+    parser.add_argument("--sets", default="photos,bench", help="image sets to run (default: %(default)s)")
+
+
+def set_sources(args) -> dict[str, Path]:
+    """Set name -> COCO-format directory for ``args.sets`` (``add_set_arguments``), generating what is missing."""
+    from anytime.data.synth import ensure_default
+
+    ensure_default(args.data)
+    names = [n for n in args.sets.split(",") if n]
+    unknown = set(names) - {"photos", "bench"}
+    if unknown:
+        raise ValueError(f"unknown image sets {sorted(unknown)}: choose from photos, bench")
+    return {n: ensure(args.data, args.photos) if n == "photos" else Path(args.data) for n in names}
