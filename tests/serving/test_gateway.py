@@ -490,3 +490,35 @@ def test_the_manifests_measured_profile_is_the_prior_when_a_spot_check_confirms_
         per_batch["1"]["samples_ms"] = [50 * x for x in per_batch["1"]["samples_ms"]]  # another, far slower machine
     write_manifest(copy, manifest)
     assert prior() == "calibrated"
+
+
+def test_decoding_slots_go_to_the_earliest_deadline_not_the_first_to_ask():
+    """The gateway's decode pool (``DeadlineSlots``): admission assumed the work due before a request is the work
+    done before it, so a waiting request due soon decodes before one due later that asked first; a waiter that
+    gave up (its client left) passes its turn on."""
+    import asyncio
+
+    from anytime.serving.gateway import DeadlineSlots
+
+    async def scenario() -> list[str]:
+        slots, order = DeadlineSlots(1), []
+
+        async def decode(name: str, deadline: float, hold: asyncio.Event | None = None):
+            async with slots.slot(deadline):
+                order.append(name)
+                if hold is not None:
+                    await hold.wait()
+
+        hold = asyncio.Event()
+        first = asyncio.ensure_future(decode("first", 9.0, hold))
+        await asyncio.sleep(0)
+        waiters = {name: asyncio.ensure_future(decode(name, d)) for name, d in (("late", 3.0), ("gone", 1.0),
+                                                                               ("soon", 2.0))}
+        await asyncio.sleep(0)
+        waiters["gone"].cancel()
+        hold.set()
+        await asyncio.gather(first, waiters["late"], waiters["soon"])
+        assert slots.free == 1
+        return order
+
+    assert asyncio.run(scenario()) == ["first", "soon", "late"]

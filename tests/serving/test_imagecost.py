@@ -37,3 +37,4 @@ def test_calibration_gives_every_family_a_rising_cost_and_a_spread():
         small, big = Header(fmt, 320, 240), Header(fmt, 2000, 1500)
         assert 0 < cost.expected(small) < cost.expected(big), fmt
         assert cost.spread(big) >= 0.1 * cost.expected(big) and cost.predict(big) > cost.expected(big)
+
