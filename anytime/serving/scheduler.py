@@ -309,7 +309,8 @@ class Scheduler:
         fastest = self.fastest(req)
         if fastest > budget:
             if self.config.when_infeasible != "first_exit":
-                decoding = f", decoding its image {req.prep * 1e3:.1f} ms of it" if req.prep else ""
+                prep = req.prep_expected if self.config.protect_z else req.prep  # as _costs counts it
+                decoding = f", decoding its image {prep * 1e3:.1f} ms of it" if prep else ""
                 raise Rejected(DEADLINE_EXCEEDED, f"a budget of {budget * 1e3:.1f} ms is below the fastest exit's "
                                                   f"predicted latency ({fastest * 1e3:.1f} ms{decoding})")
             req.best_effort = True
