@@ -65,9 +65,15 @@ def write_outputs(out_dir: str | Path, loop, proxy_name: str) -> None:
     best = loop.best()
     if best is not None:
         spec = loop.space.decode(best.decisions, name="search-best").to_dict()
-        spec["_comment"] = (f"The best architecture of the search in {out}: step {best.step}, proxy reward "
-                            f"{best.reward:.4f} (proxy preset {proxy_name!r}).")
+        spec["_comment"] = (f"The best architecture of the search in {provenance_dir(out)}: step {best.step}, proxy "
+                            f"reward {best.reward:.4f} (proxy preset {proxy_name!r}).")
         atomic_write(out / "best.json", json.dumps(spec, indent=2) + "\n")
+
+
+def provenance_dir(out: Path) -> str:
+    """The search directory as a shipped file may name it: as given when relative (``runs/search-ppo``), else its
+    name alone, never an absolute path of the machine it ran on."""
+    return str(out) if not out.is_absolute() else out.name
 
 
 def read_records(out_dir: str | Path) -> list[dict]:

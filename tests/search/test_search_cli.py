@@ -65,6 +65,8 @@ def test_a_tiny_search_end_to_end(reference):
     best = max(records, key=lambda r: (r["reward"], -r["step"]))
     spec = PyramidSpec.load(out / "best.json")
     assert spec.cells == PyramidSpec.from_dict(best["architecture"]).cells
+    comment = json.loads((out / "best.json").read_text())["_comment"]  # provenance, never a machine's path
+    assert f"search in {out.name}:" in comment and str(out.parent) not in comment, comment
     for name in ("reward_curve.png", "unique_archs.png", "search.json", "state.pt"):
         assert (out / name).stat().st_size > 0, name
     assert f"search ppo: {TRIALS} trials" in stdout and f"best reward {best['reward']:.4f}" in stdout
