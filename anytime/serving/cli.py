@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def _add_serve_parser(sub) -> None:
                    help="with no --triton: ONNX Runtime threads per call (default: as exported, the runtime's own)")
     p.add_argument("--decode-workers", type=int, default=None,
                    help="images decoded at once (default: one per core of this process)")
+    p.add_argument("--log-dir", type=Path, default=None,
+                   help="with no --triton: where the Triton it starts writes its log (default: runs/logs)")
     p.add_argument("--token", default=None, help="require 'authorization: Bearer TOKEN' on Detector calls")
     p.add_argument("--tls-cert", type=Path, default=None)
     p.add_argument("--tls-key", type=Path, default=None)
@@ -78,7 +81,7 @@ def run(args) -> int:
                 raise UserError(f"{repository}/manifest.json not found: pass --repository, the directory the "
                                 "Triton servers serve (it tells the gateway the exits and classes)")
         else:
-            from anytime.serving.triton import TritonServer, free_ports
+            from anytime.serving.triton import DEFAULT_LOG_DIR, TritonServer, free_ports
 
             from anytime.config import DEFAULT_CHECKPOINT
             from anytime.export.ensure import ExportFailed, ensure_exported
@@ -101,8 +104,10 @@ def run(args) -> int:
                           f"intra-op threads {args.intra_op_threads if args.intra_op_threads is not None else 'as exported'}",
                           flush=True)
             http, grpc_port, metrics = free_ports(3)
+            log_dir = args.log_dir or DEFAULT_LOG_DIR
             triton = stack.enter_context(TritonServer(repository, http_port=http, grpc_port=grpc_port,
-                                                      metrics_port=metrics, restart=True))
+                                                      metrics_port=metrics, restart=True,
+                                                      log_file=log_dir / f"tritonserver-{http}-{os.getpid()}.log"))
             endpoints = [triton.grpc_url]
             print(f"started Triton on {triton.grpc_url} (log: {triton.log_file})", flush=True)
         if args.slots is None:
@@ -151,7 +156,8 @@ def _add_triton_parser(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for all)")
     p.add_argument("--model-control-mode", choices=("none", "explicit"), default="none")
     p.add_argument("--load-model", action="append", default=[], metavar="NAME", help="explicit mode: load at startup (repeatable; '*' = all)")
-    p.add_argument("--log-file", type=Path, default=None, help="server log (default: a file in the temp dir)")
+    p.add_argument("--log-file", type=Path, default=None,
+                   help="server log (default: runs/logs/tritonserver-HTTP_PORT-PID.log in the current directory)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for readiness (default: %(default)s)")
     p.add_argument("--max-restarts", type=int, default=None, help="give up after this many restarts (default: never)")
     p.set_defaults(func=run_triton)

@@ -8,23 +8,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from anytime.serving.triton import TritonServer, free_ports
+from anytime.serving.triton import DEFAULT_LOG_DIR, TritonServer, free_ports
 
 
 class ServingStack:
     """``with ServingStack(repo, tritons=1) as s: s.address`` -> a ready gateway on 127.0.0.1."""
 
     def __init__(self, repository: str | Path, tritons: int = 1, gateway_args: tuple[str, ...] = (),
-                 ready_timeout: float = 120.0, restart_triton: bool = False):
+                 ready_timeout: float = 120.0, restart_triton: bool = False, log_dir: str | Path = DEFAULT_LOG_DIR):
         """``restart_triton``: supervise each Triton server and restart it when it dies (as ``anytime serve`` and
-        ``anytime triton`` do); off by default so that tests see a killed server stay dead. ``restarts`` counts them."""
+        ``anytime triton`` do); off by default so that tests see a killed server stay dead. ``restarts`` counts them.
+        ``log_dir``: where the gateway's and each Triton's log go (default: the current directory's runs/logs)."""
         self.repository = Path(repository)
         self.restart_triton = restart_triton
         self.triton_count = tritons
@@ -33,7 +33,8 @@ class ServingStack:
         self.tritons: list[TritonServer] = []
         self.gateway: subprocess.Popen | None = None
         self.port = self.metrics_port = None
-        self.gateway_log = Path(tempfile.gettempdir()) / f"anytime-gateway-{os.getpid()}-{time.time_ns()}.log"
+        self.log_dir = Path(log_dir)
+        self.gateway_log = self.log_dir / f"gateway-{os.getpid()}-{time.time_ns()}.log"
 
     @property
     def address(self) -> str:
@@ -54,7 +55,7 @@ class ServingStack:
             for _ in range(self.triton_count):
                 http, grpc_port, metrics = free_ports(3)
                 t = TritonServer(self.repository, http_port=http, grpc_port=grpc_port, metrics_port=metrics,
-                                 restart=self.restart_triton)
+                                 restart=self.restart_triton, log_file=self.log_dir / f"tritonserver-{http}.log")
                 t.start()
                 self.tritons.append(t)
             for t in self.tritons:
@@ -70,6 +71,7 @@ class ServingStack:
         endpoints = ",".join(t.grpc_url for t in self.tritons)
         cmd = [sys.executable, "-m", "anytime.cli", "serve", "--port", str(self.port), "--triton", endpoints,
                "--repository", str(self.repository), "--metrics-port", str(self.metrics_port), *self.gateway_args]
+        self.gateway_log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.gateway_log, "wb")
         self.gateway = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         self.wait_gateway_ready()

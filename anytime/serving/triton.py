@@ -157,6 +157,11 @@ def gpu_present() -> bool:
 # -- ports --------------------------------------------------------------------------------------------
 
 
+# Where servers write their logs unless told otherwise: the current directory's runs/ (ignored by git, where every
+# run of this project writes), never the system's temp directory, which nobody cleans and nobody reads.
+DEFAULT_LOG_DIR = Path("runs/logs")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now (for tests and ad-hoc servers)."""
     return free_ports(1, host)[0]
@@ -199,7 +204,7 @@ class TritonConfig:
     host: str = "127.0.0.1"
     model_control_mode: str = "none"  # none | explicit | poll
     load_models: tuple[str, ...] = ()  # explicit mode: models loaded at startup ("*" = all)
-    log_file: Path | None = None  # None: a fresh file in the temp dir
+    log_file: Path | None = None  # None: a fresh file in DEFAULT_LOG_DIR
     log_verbose: int = 0
     gpu: bool | None = None  # None: detect
     exit_timeout_s: int = 10  # how long Triton drains in-flight requests on SIGTERM
@@ -244,7 +249,7 @@ class TritonServer:
         self._supervisor: threading.Thread | None = None
         self._gave_up = False
         self._shm_prefix = f"anytime_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
-        self.log_file = self.config.log_file or Path(tempfile.gettempdir()) / f"anytime-tritonserver-{self.config.http_port}-{os.getpid()}.log"
+        self.log_file = self.config.log_file or DEFAULT_LOG_DIR / f"tritonserver-{self.config.http_port}-{os.getpid()}.log"
         self.install: TritonInstall | None = None
         self.backends_dir: Path | None = None
 
