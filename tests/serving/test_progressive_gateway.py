@@ -20,7 +20,7 @@ from anytime.serving.api import anytime_pb2_grpc as pb_grpc
 from anytime.serving.stack import ServingStack
 from anytime.testing import random_detector, scrape, scrape_settled, scrape_until, tiny_config
 
-EXITS = 6
+EXITS = 12  # deep enough that the deepest exit stays far beyond the first on a fast machine too
 EXECUTION = "progressive"  # the stack fixture (tests/serving/conftest.py) serves with it
 
 
