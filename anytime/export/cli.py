@@ -46,15 +46,13 @@ def run_export(args) -> int:
     out = Path(args.out) if args.out else DEFAULT_REPOSITORY
     if args.max_stage_batch < 1:
         raise UserError(f"--max-stage-batch must be >= 1, got {args.max_stage_batch}")
+    if args.instances < 1 or args.intra_op_threads < 0:
+        raise UserError(f"--instances must be >= 1 and --intra-op-threads >= 0, got {args.instances} and "
+                        f"{args.intra_op_threads}")
     manifest = export_repository(model, meta, out, backend=args.backend, max_batch_size=args.max_batch_size,
-                                 instances=args.instances, verify=not args.no_verify, stages=not args.no_stages,
+                                 instances=args.instances, intra_op_threads=args.intra_op_threads,
+                                 verify=not args.no_verify, stages=not args.no_stages,
                                  max_stage_batch=args.max_stage_batch)
-    from anytime.export.repository import configure_exits
-
-    try:
-        configure_exits(out, intra_op_threads=args.intra_op_threads)
-    except ValueError as e:
-        raise UserError(str(e)) from None
     stages = f" and {len(manifest['progressive']['stages'])} stages" if manifest.get("progressive") else ""
     print(f"wrote {len(manifest['exits'])} exits{stages} to {out}/ ({args.backend} backend); manifest: {out / 'manifest.json'}")
     return 0

@@ -27,10 +27,11 @@ MANIFEST_FORMAT = 1
 
 
 def export_repository(model, meta: dict, out: str | Path, *, backend: str = "python", max_batch_size: int = 8,
-                      instances: int = 1, verify: bool = True, stages: bool = True, max_stage_batch: int = 8,
-                      progress=print) -> dict:
+                      instances: int = 1, intra_op_threads: int | None = None, verify: bool = True,
+                      stages: bool = True, max_stage_batch: int = 8, progress=print) -> dict:
     """Write every exit of ``model`` (and, with ``stages``, the progressive model of its stages) into the
-    repository ``out`` and return the manifest."""
+    repository ``out`` and return the manifest. ``instances`` and ``intra_op_threads`` (None: the runtime's
+    default) configure each exit model."""
     from anytime.model.complexity import exit_costs
 
     out = Path(out)
@@ -58,7 +59,8 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
     exits = []
     for k, data in exported.items():
         write_model_dir(out, model_name(k), data, image_size=cfg.image_size, max_detections=cfg.detections_per_img,
-                        backend=backend, max_batch_size=max_batch_size, instances=instances)
+                        backend=backend, max_batch_size=max_batch_size, instances=instances,
+                        intra_op_threads=intra_op_threads)
         exits.append({"exit": k, "model": model_name(k), "sha256": hashlib.sha256(data).hexdigest(),
                       "params": costs[k]["params"], "gmacs": costs[k]["gmacs"]})
     progressive = None
