@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -75,42 +74,15 @@ def load_images(data_dir: Path, limit: int) -> list[bytes]:
 
 def run_requests(address: str, images: list[bytes], requests: int, clients: int, exit: int,
                  letterbox_size: int | None) -> dict:
-    import grpc
+    """``requests`` requests to ``exit`` from ``clients`` closed-loop clients; with ``letterbox_size`` the client
+    letterboxes each image first (inside the measured window: it is the client's CPU)."""
+    import asyncio
 
     from anytime.clients.detect import letterboxed_request
-    from anytime.serving.api import anytime_pb2 as pb
-    from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+    from anytime.clients.loadgen import closed_loop
 
-    if letterbox_size:
-        prepared = [letterboxed_request(data, letterbox_size)[0] for data in images]
-    else:
-        prepared = [pb.DetectRequest(encoded=data) for data in images]
-    for r in prepared:
-        r.budget_ms, r.min_exit, r.max_exit = 10_000.0, exit, exit
-    counter = iter(range(requests))
-    lock = threading.Lock()
-    errors, exits = [], []
-
-    def worker():
-        with grpc.insecure_channel(address) as ch:
-            stub = pb_grpc.DetectorStub(ch)
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                try:
-                    exits.append(stub.Detect(prepared[i % len(prepared)], timeout=30).exit)
-                except grpc.RpcError as e:
-                    errors.append(e.code().name)
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {"wall_s": time.perf_counter() - t0, "errors": errors, "exits": sorted(set(exits))}
+    payloads = [letterboxed_request(data, letterbox_size)[0] for data in images] if letterbox_size else images
+    return asyncio.run(closed_loop(address, payloads, requests, clients=clients, exits=(exit, exit)))
 
 
 def measure(stack, address, images, requests, clients, exit, letterbox_size) -> dict:
@@ -124,7 +96,7 @@ def measure(stack, address, images, requests, clients, exit, letterbox_size) -> 
     per["client"] = client / requests * 1e3
     stubs = sum(v for n, v in per.items() if n.startswith("stub"))
     return {"per_process_ms": per, "stubs_ms": stubs, "stack_ms": sum(v for n, v in per.items() if n != "client"),
-            "requests_per_s": requests / out["wall_s"], "errors": len(out["errors"]), "exits": out["exits"]}
+            "requests_per_s": requests / out["wall_s"], "errors": sum(out["failures"].values()), "exits": out["exits"]}
 
 
 def decode_floor(images: list[bytes], size: int) -> float:

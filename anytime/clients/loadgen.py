@@ -167,12 +167,11 @@ async def run_setting(address: str, dataset, budgets, rate: float, n: int, seed:
     async with open_channel(address, tls_ca, aio=True) as channel:
         stub = pb_grpc.DetectorStub(channel)
         try:  # connect (and check the token) before the clock starts: the first request pays no handshake
-            await stub.GetModelInfo(pb.ModelInfoRequest(), timeout=CONNECT_TIMEOUT_S, metadata=metadata)
+            info = await stub.GetModelInfo(pb.ModelInfoRequest(), timeout=CONNECT_TIMEOUT_S, metadata=metadata)
         except grpc.aio.AioRpcError as e:
             raise ConnectionError(f"the gateway at {address} did not answer: {e.code().name}: {e.details()}") from None
         if letterbox == 0:
-            letterbox = int((await stub.GetModelInfo(pb.ModelInfoRequest(), timeout=CONNECT_TIMEOUT_S,
-                                                     metadata=metadata)).image_size)
+            letterbox = int(info.image_size)
         loop = asyncio.get_running_loop()
         desc = f"budget {spec.label} ms @ {rate:g}/s"
         with tqdm(total=n, desc=desc, unit="req", disable=not progress, leave=False) as bar:
@@ -299,12 +298,14 @@ async def run_settings(address: str, dataset, pairs: list, n: int, seed: int = 0
     return settings
 
 
-async def closed_loop(address: str, payloads: list[bytes], requests: int, clients: int = 4,
+async def closed_loop(address: str, payloads: list, requests: int, clients: int = 4,
                       budget_ms: float = 10_000.0, exits: tuple[int, int] = (0, 0)) -> dict:
     """``clients`` senders, each sending its next request when its last one is answered: the stack's throughput
-    (answers per second) and the client-side latencies (ms). The issue's "T" is this with 4 clients and generous
-    budgets; with one client it is the idle latency "D"."""
+    (answers per second), the client-side latencies (ms), the exits that answered and how the rest failed. The
+    issue's "T" is this with 4 clients and generous budgets; with one client it is the idle latency "D".
+    ``payloads``: encoded images, or requests already built (``letterboxed_request``), sent in turn."""
     latencies: list[float] = []
+    exits_used: set[int] = set()
     failures = Counter()
     counter = iter(range(requests))
     async with open_channel(address, aio=True) as channel:
@@ -312,18 +313,21 @@ async def closed_loop(address: str, payloads: list[bytes], requests: int, client
 
         async def sender():
             for i in counter:
-                request = pb.DetectRequest(encoded=payloads[i % len(payloads)], budget_ms=budget_ms,
-                                           min_exit=exits[0], max_exit=exits[1])
+                payload = payloads[i % len(payloads)]
+                request = pb.DetectRequest(encoded=payload) if isinstance(payload, bytes) else payload
+                request.budget_ms, request.min_exit, request.max_exit = budget_ms, *exits
                 t0 = time.perf_counter()
                 try:
-                    await stub.Detect(request, timeout=budget_ms / 1e3 + 1.0)
+                    response = await stub.Detect(request, timeout=budget_ms / 1e3 + 1.0)
                     latencies.append((time.perf_counter() - t0) * 1e3)
+                    exits_used.add(int(response.exit))
                 except grpc.aio.AioRpcError as e:
                     failures[e.code().name] += 1
         t0 = time.perf_counter()
         await asyncio.gather(*(sender() for _ in range(clients)))
         wall = time.perf_counter() - t0
-    return {"throughput": len(latencies) / wall, "latencies_ms": latencies, "failures": dict(failures)}
+    return {"throughput": len(latencies) / wall, "wall_s": wall, "latencies_ms": latencies,
+            "exits": sorted(exits_used), "failures": dict(failures)}
 
 
 def loadgen(address: str = DEFAULT_SERVER, data_dir=None, budgets_ms=None, budget_dist=None, rates=(20.0,),
