@@ -107,7 +107,6 @@ def detect(address: str, data: bytes, budget_ms: float = 0.0, *, min_exit: int =
     With ``progressive``, a generator of every exit's answer as it arrives (DetectProgressive), the last one
     marked ``final``. With ``letterbox`` (the model's input size; 0: ask the gateway), the image is letterboxed
     here and sent as raw pixels, and the boxes mapped back (``letterboxed_request``)."""
-    restore = None
     if letterbox is not None:
         size = letterbox or model_info(address, token, tls_ca).image_size
         request, scale, original = letterboxed_request(data, size)

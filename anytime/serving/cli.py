@@ -44,10 +44,10 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--quantile", type=float, default=0.95, help="latency quantile the scheduler plans with")
     p.add_argument("--margin-ms", type=float, default=None,
                    help="upfront: time reserved per request outside Triton (answer, transport; default: the "
-                        "scheduler's, 2 ms, measured)")
+                        "scheduler's, 5 ms, measured)")
     p.add_argument("--instances", type=int, default=None,
                    help="with no --triton: Triton instances of each exit model, i.e. calls run at once (default: as "
-                        "exported, 1); pair with --slots")
+                        "exported, 2); --slots follows it unless given")
     p.add_argument("--intra-op-threads", type=int, default=None,
                    help="with no --triton: ONNX Runtime threads per call (default: as exported, the runtime's own)")
     p.add_argument("--decode-workers", type=int, default=None,
