@@ -313,10 +313,10 @@ class Gateway(pb_grpc.DetectorServicer):
             pending = Pending(loop.create_future(), arrival)
             cost = self.image_cost
             cost.tick(arrival)
-            spread = cost.spread(head)
+            mean, sd = cost.estimate(head)
             req = Request(deadline=arrival + budget, arrival=arrival, min_exit=request.min_exit or 1,
-                          max_exit=request.max_exit or None, payload=pending, prep=cost.predict(head),
-                          prep_expected=cost.expected(head), prep_variance=spread * spread)
+                          max_exit=request.max_exit or None, payload=pending, prep=mean + cost.z * sd,
+                          prep_expected=mean, prep_variance=sd * sd)
             try:
                 self.scheduler.admit(req, time.monotonic())
             except Rejected as r:

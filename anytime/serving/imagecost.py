@@ -97,18 +97,24 @@ class ImageCost:
     def _line(self, header: Header) -> CostLine:
         return self.lines.get(family(header)) or self.lines["OTHER"]
 
+    def estimate(self, header: Header) -> tuple[float, float]:
+        """(mean, standard deviation) of the image's cost, from one fit. The deviation is the spread about the
+        line, at least ``MIN_RELATIVE_SPREAD`` of the mean: two calibration points fit a line exactly, and an
+        image's content moves its cost (noise and detail weigh on PNG's deflate)."""
+        a, b, sd = self._line(header).fit()
+        mean = a + b * self.units(header)
+        return mean, max(sd, MIN_RELATIVE_SPREAD * mean)
+
     def expected(self, header: Header) -> float:
-        a, b, _ = self._line(header).fit()
-        return a + b * self.units(header)
+        return self.estimate(header)[0]
 
     def spread(self, header: Header) -> float:
-        """Standard deviation about the line, at least ``MIN_RELATIVE_SPREAD`` of the mean: two calibration points
-        fit a line exactly, and an image's content moves its cost (noise and detail weigh on PNG's deflate)."""
-        return max(self._line(header).fit()[2], MIN_RELATIVE_SPREAD * self.expected(header))
+        return self.estimate(header)[1]
 
     def predict(self, header: Header, quantile: float | None = None) -> float:
         z = self.z if quantile is None else NormalDist().inv_cdf(quantile)
-        return self.expected(header) + z * self.spread(header)
+        mean, sd = self.estimate(header)
+        return mean + z * sd
 
     def observe(self, header: Header, seconds: float, now: float) -> None:
         self._line(header).observe(self.units(header), seconds, now)
