@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -65,9 +64,8 @@ def run(args) -> int:
         print(f"  budgets {plan['budgets']} ms at {plan['rate']:g} requests/s (about half of capacity), then "
               f"{plan['budgets'][0]} ms at {plan['overload_rate']:g} requests/s (twice capacity)")
         _step(f"streaming {args.requests} val images per setting through the gateway")
-        report = loadgen(stack.address, data, requests=args.requests, out=args.out, pairs=plan["pairs"])
-    report["plan"] = {k: v for k, v in plan.items() if k != "pairs"}
-    (args.out / "loadgen.json").write_text(json.dumps(report, indent=2) + "\n")
+        report = loadgen(stack.address, data, requests=args.requests, out=args.out, pairs=plan["pairs"],
+                         extra={"plan": {k: v for k, v in plan.items() if k != "pairs"}})
     _step("results")
     print(format_table(report))
     print("\n" + summary(report))

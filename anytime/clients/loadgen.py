@@ -333,12 +333,13 @@ async def closed_loop(address: str, payloads: list, requests: int, clients: int 
 def loadgen(address: str = DEFAULT_SERVER, data_dir=None, budgets_ms=None, budget_dist=None, rates=(20.0,),
             requests: int | None = None, out=DEFAULT_OUT, split: str = "val", seed: int = 0,
             token: str | None = None, tls_ca=None, progress: bool = True, letterbox: int | None = None,
-            pairs: list | None = None) -> dict:
+            pairs: list | None = None, extra: dict | None = None) -> dict:
     """Run every setting against the gateway at ``address``; writes ``out``/loadgen.json and plots; the report.
 
     ``budgets_ms``: fixed budgets (one setting each); ``budget_dist``: one distribution string instead
     (default: budgets 10, 20 and 40 ms). Every budget runs at every rate, unless ``pairs`` names the
     (budget ms, rate) settings to run instead. ``requests``: per setting (default: min(200, dataset size)).
+    ``extra``: more entries for the report (the demo's plan), written with it.
     """
     from anytime.clients.report import write_plots
 
@@ -366,7 +367,7 @@ def loadgen(address: str = DEFAULT_SERVER, data_dir=None, budgets_ms=None, budge
     out.mkdir(parents=True, exist_ok=True)
     report = {"server": address, "data": str(dataset.image_dir.parent), "split": split, "requests": n, "seed": seed,
               "client_letterbox": letterbox,
-              "deadline_slack_ms": DEADLINE_SLACK_MS, "settings": settings}
+              "deadline_slack_ms": DEADLINE_SLACK_MS, "settings": settings, **(extra or {})}
     report["plots"] = [str(p) for p in write_plots(report, out)]
     report["out"] = str(out / "loadgen.json")
     (out / "loadgen.json").write_text(json.dumps(report, indent=2) + "\n")
