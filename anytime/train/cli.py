@@ -15,6 +15,10 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--out", help="run directory (default: train.out_dir, else runs/<name>)")
     p.add_argument("--data", help="dataset root (default: train.data_dir, else the default synthetic benchmark)")
     p.add_argument("--max-iters", type=int, help="override train.max_iters")
+    p.add_argument("--seed", type=int, help="override train.seed (a second seed measures re-training noise)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads for this process (default: torch's, one per core); two trainings side by side "
+                        "on a 2-core machine take --threads 1 each")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--save-inference", metavar="PATH",
                    help="also write the final model as a small inference checkpoint (config + fp16 weights) here")
@@ -43,6 +47,16 @@ def run(args) -> int:
         t.data_dir = args.data
     if args.max_iters is not None:
         t.max_iters = args.max_iters
+    if args.seed is not None:
+        if args.resume and args.seed != t.seed:
+            raise UserError(f"--seed {args.seed} differs from the run's own seed {t.seed}: a resumed run keeps its seed")
+        t.seed = args.seed
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     t.validate()
     try:
         summary = train(config, resume=args.resume, progress=not args.no_progress)

@@ -26,6 +26,23 @@ def test_discovered_cell_matches_the_paper_table():
     ]
 
 
+def test_fpn_in_cells_is_a_top_down_chain_that_stacks():
+    """The paper's Figure 7a: P7 from the two C5-derived inputs, then each finer output = its lateral input + the
+    output one level up. Unlike torchvision's FPN it stacks, with an exit per pyramid and residual pyramids."""
+    spec = PyramidSpec.load("fpn-cells")
+    assert [(c.level, c.op, c.inputs, c.output) for c in spec.cells] == [
+        (7, "sum", (3, 4), True), (6, "sum", (3, 5), True), (5, "sum", (2, 6), True), (4, "sum", (1, 7), True),
+        (3, "sum", (0, 8), True)]
+    cfg = load_model_config("fpn-cells")
+    default = load_model_config("default")
+    assert cfg.pyramid == "fpn-cells" and cfg.num_exits == default.num_exits == 4 and cfg.residual_pyramids
+    assert {k: v for k, v in vars(cfg).items() if k != "pyramid"} == \
+        {k: v for k, v in vars(default).items() if k != "pyramid"}
+    model = AnytimeRetinaNet(ModelConfig(pyramid="fpn-cells", repeats=2, width=16, image_size=128,
+                                         backbone_width=0.125, residual_pyramids=True))
+    assert model.num_exits == 2
+
+
 def _spec(cells, levels=(3, 4, 5, 6, 7)):
     return PyramidSpec.from_dict({"name": "t", "levels": list(levels), "cells": cells})
 

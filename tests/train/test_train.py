@@ -199,8 +199,16 @@ def test_cli_trains_and_writes_an_inference_checkpoint(data_dir, tmp_path, capsy
         "data_dir": str(data_dir), "out_dir": str(tmp_path / "run"), "batch_size": 2, "max_iters": 2,
         "lr": 0.01, "warmup_iters": 1, "log_every": 1, "checkpoint_every": 1}}))
     small = tmp_path / "small.pt"
-    assert main(["train", "--config", str(cfg), "--no-progress", "--save-inference", str(small)]) == 0
+    assert main(["train", "--config", str(cfg), "--no-progress", "--save-inference", str(small),
+                 "--threads", "1", "--seed", "3"]) == 0
     summary = _json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["iteration"] == 2 and summary["inference_checkpoint"] == str(small)
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["run_config"]["train"]["seed"] == 3
+    assert torch.get_num_threads() == 1
+    # a resumed run keeps its seed; a bad thread count is refused before anything runs
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--seed", "4", "--no-progress"]) == 2
+    assert "keeps its seed" in capsys.readouterr().err
+    assert main(["train", "--config", str(cfg), "--threads", "0", "--no-progress"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
     model, meta = load_model(small)
     assert meta["kind"] == "inference" and small.stat().st_size < (tmp_path / "run" / "final.pt").stat().st_size
