@@ -27,6 +27,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 
 
 def trial_task(pyramid, proxy: dict, cache: str, out_dir: str) -> dict:
@@ -62,12 +63,17 @@ class RayRunner:
                        configure_logging=True)
         if self.address is None:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local run reports nowhere
-            self._reaper = subprocess.Popen([sys.executable, "-m", "anytime.search.reaper", str(os.getpid())],
-                                            stdin=subprocess.PIPE, start_new_session=True)
+            # Ray's session directory (logs, sockets) would stay in /tmp/ray for ever; a directory of this run's
+            # own, short enough for Ray's unix sockets, goes with the run: the watchdog removes it, even after a
+            # kill -9 of this process.
+            temp_dir = tempfile.mkdtemp(prefix="anytime-ray-")
+            self._reaper = subprocess.Popen([sys.executable, "-m", "anytime.search.reaper", str(os.getpid()),
+                                             temp_dir], stdin=subprocess.PIPE, start_new_session=True)
             cpus = max(1, round(self.workers * self.cpus_per_trial))
             gpus = None if self.gpus_per_trial > 0 else 0  # Ray detects GPUs itself when trials ask for them
             self._started = True
-            ray.init(address="local", num_cpus=cpus, num_gpus=gpus, **options)  # never an existing cluster
+            ray.init(address="local", num_cpus=cpus, num_gpus=gpus, _temp_dir=temp_dir,
+                     **options)  # never an existing cluster
         else:
             self._started = True
             ray.init(address=self.address, **{k: v for k, v in options.items() if k != "include_dashboard"})

@@ -12,13 +12,15 @@ session, connected by a pipe on its stdin:
 
 Linux only (it reads /proc); elsewhere it just waits for the pipe to close.
 
-Run as ``python -m anytime.search.reaper DRIVER_PID``.
+Run as ``python -m anytime.search.reaper DRIVER_PID [RAY_TEMP_DIR]``; the directory given, Ray's session
+directory for this run, is removed last.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -110,6 +112,8 @@ def main(argv: list[str]) -> int:
             break
     if linux:
         kill_recorded(recorded)
+    if len(argv) > 1:  # the run's own Ray directory: nothing in it is needed once its processes are gone
+        shutil.rmtree(argv[1], ignore_errors=True)
     return 0
 
 
