@@ -49,7 +49,7 @@ def _add_serve_parser(sub) -> None:
                    help="with no --triton: Triton instances of each exit model, i.e. calls run at once (default: as "
                         "exported, 2); --slots follows it unless given")
     p.add_argument("--intra-op-threads", type=int, default=None,
-                   help="with no --triton: ONNX Runtime threads per call (default: as exported, the runtime's own)")
+                   help="with no --triton: ONNX Runtime threads per call (default: as exported; anytime export writes 1)")
     p.add_argument("--decode-workers", type=int, default=None,
                    help="images decoded at once (default: one per core of this process)")
     p.add_argument("--log-dir", type=Path, default=None,

@@ -3,8 +3,9 @@
 Pure logic on an injected clock (every method takes ``now``), so the gateway drives it with real time and
 tests and benchmarks drive it with a simulated one. Each endpoint is ``slots`` servers whose service time per
 exit comes from its ``LatencyProfile``; the time others wait behind a request is its mean (a sum of p95s would
-refuse work the system can do), and every deadline keeps ``protect_z`` standard deviations of the work before it,
-its own included (``safety``: the calls' noise partly averages out, so variances add). A request's image counts
+refuse work the system can do), and every deadline keeps ``protect_z`` standard deviations of the work queued and
+running, its own included (``safety``: the calls' noise partly averages out, so variances add; the whole queue's
+variance is an upper bound on the part before each deadline that keeps every decision one lookup). A request's image counts
 too: until it is decoded, its predicted decoding (``Request.prep``, ``anytime.serving.imagecost``) is part of
 its own time and of the work ahead of later deadlines.
 
