@@ -1,4 +1,6 @@
-"""Latency benchmark: every exit at batch 1 through PyTorch eager, ONNX Runtime and Triton, measured in one run,
+"""What does every exit cost at batch 1 through PyTorch eager, ONNX Runtime and Triton, and what does batching gain?
+
+Latency benchmark: every exit at batch 1 through PyTorch eager, ONNX Runtime and Triton, measured in one run,
 with the ratios; and Triton throughput at batch 1 against larger batches and against concurrent batch-1
 requests merged by Triton's dynamic batcher.
 

@@ -1,4 +1,6 @@
-"""Where an idle request's time goes: client -> gateway (decode, letterbox, scheduler) -> tritonclient -> Triton ->
+"""Where does an idle request's time go, from the client through the gateway and Triton to ONNX Runtime and back?
+
+Where an idle request's time goes: client -> gateway (decode, letterbox, scheduler) -> tritonclient -> Triton ->
 python-backend stub -> ONNX Runtime, one request at a time, each part measured on its own in one run.
 
     .venv/bin/python benchmarks/overhead.py [--exit 4] [--runs 200]

@@ -1,4 +1,6 @@
-"""Progressive execution against upfront, on the default model, through the real gateway and Triton:
+"""Progressive execution or upfront: which meets more budgets through the real gateway and Triton, at what cost?
+
+Progressive execution against upfront, on the default model, through the real gateway and Triton:
 
     .venv/bin/python benchmarks/progressive.py [--parts overhead,throughput,trace,noise,memory]
 

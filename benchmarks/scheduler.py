@@ -1,4 +1,6 @@
-"""Scheduler benchmark, honest version: the same trace through a simulator and through the real gateway and Triton.
+"""Does the upfront scheduler do on the real clock what it does in simulation, on the same trace?
+
+Scheduler benchmark, honest version: the same trace through a simulator and through the real gateway and Triton.
 
     .venv/bin/python benchmarks/scheduler.py [--repository model_repository] [--data data/synth] [--loads 0.5,0.8,1.2]
 

@@ -1,4 +1,6 @@
-"""What one scheduling decision costs, by queue length: microseconds per admission check, submit and dispatch.
+"""What does one scheduling decision cost, by queue length?
+
+What one scheduling decision costs, by queue length: microseconds per admission check, submit and dispatch.
 
     .venv/bin/python benchmarks/scheduler_cost.py [--repeats 2000]
 

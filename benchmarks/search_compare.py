@@ -1,4 +1,6 @@
-"""Compare finished searches (e.g. PPO against random search at the same trial count) and place their best
+"""How do finished searches compare (PPO against random search at the same trial count)?
+
+Compare finished searches (e.g. PPO against random search at the same trial count) and place their best
 architectures against NAS-FPN and the FPN baseline on the same proxy (from benchmarks/proxy_signal.py).
 
     .venv/bin/python benchmarks/search_compare.py runs/search-ppo runs/search-random \\

@@ -1,4 +1,6 @@
-"""Where a progressive request to the deepest exit spends its time, alone (batch 1), from Triton's own metrics:
+"""Where does a progressive request to the deepest exit spend its time, alone, by Triton's own metrics?
+
+Where a progressive request to the deepest exit spends its time, alone (batch 1), from Triton's own metrics:
 
     .venv/bin/python benchmarks/stage_breakdown.py [--runs 100] [--stacks 2]
 

@@ -1,4 +1,6 @@
-"""A fingerprint of the stage engine's decisions, to show that a change meant to be behaviour-preserving is:
+"""Did a change meant to keep the stage engine's decisions keep them? (A fingerprint of its decisions.)
+
+A fingerprint of the stage engine's decisions, to show that a change meant to be behaviour-preserving is:
 
     .venv/bin/python benchmarks/stage_engine_decisions.py
 

@@ -8,8 +8,9 @@ Why not call ``Metric.increment`` where the event happens:
   race. The server then reads freed memory and dies with signal 11. Five of the six Triton segfaults seen while
   serving the progressive model (which updated its metrics from its worker thread and from ``execute``) resolve
   to ``Metric::LoadFromSharedMemory`` or ``Metric::Increment`` under ``ProcessMetricRequest`` in
-  ``libtriton_python.so``. ``benchmarks/triton_metric_race.py`` reproduces it in a few seconds and shows this
-  writer surviving the same load.
+  ``libtriton_python.so``. A reproduction (``benchmarks/triton_metric_race.py`` up to 8c4f6c5, then retired with
+  its answer known): two threads calling ``increment`` killed Triton within 1.5-1.6 s in 3 runs of 3; through
+  this writer, Triton survived 3 runs of 15 s with every update counted.
 - **Each update is a round trip to the server process.** A worker that counts a call's runs, images and times
   paid four of them per call on its critical path; here it pays a dict update.
 

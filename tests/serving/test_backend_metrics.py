@@ -1,7 +1,7 @@
 """MetricWriter: updates from many threads reach the metric exactly, from one thread, in the tracked order.
 
 The metrics here are counters of our own with Triton's ``increment`` method; that Triton survives the writer where
-it dies of direct updates from two threads is shown on a real server by ``benchmarks/triton_metric_race.py``, and
+it dies of direct updates from two threads was shown on a real server (``anytime.serving.backend_metrics``), and
 the progressive model's tests run it inside Triton."""
 
 import threading
