@@ -31,15 +31,17 @@ def run_search(cfg: SearchConfig, out_dir: str | Path, resume: bool = False, pro
     from anytime.files import atomic_write
     from anytime.search.proxy import prepare
     from anytime.search.ray_runner import RayRunner
-    from anytime.search.state import load_state, save_state, state_path, write_outputs
+    from anytime.search.state import add_commit, code_commit, load_state, save_state, state_path, write_outputs
 
     t0 = time.perf_counter()
-    out = Path(out_dir).resolve()
+    given, out = Path(out_dir), Path(out_dir).resolve()  # best.json names the directory as given, never resolved
+    commits = [code_commit()]
     cfg.validate()
     proxy = cfg.proxy_config()
     loop = build(cfg)
     if resume:
         state = load_state(out)
+        commits = add_commit(state.get("commits", []), commits[0])
         loop.agent.load_state_dict(state["agent"])
         loop.load_state_dict(state["loop"])
         try:
@@ -54,8 +56,8 @@ def run_search(cfg: SearchConfig, out_dir: str | Path, resume: bool = False, pro
     atomic_write(out / "search.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     def checkpoint():
-        save_state(out, cfg.to_dict(), loop.state_dict(), loop.agent.state_dict())
-        write_outputs(out, loop, proxy.name)
+        save_state(out, cfg.to_dict(), loop.state_dict(), loop.agent.state_dict(), commits)
+        write_outputs(out, loop, proxy.name, given, commits)
 
     checkpoint()
     cache = str(Path(cfg.data_cache).resolve())

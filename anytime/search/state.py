@@ -6,13 +6,16 @@
 - ``trials.jsonl``: one line per finished trial, by step (rewritten from the state, so it never holds a trial
   the state does not);
 - ``best.json``: the best architecture so far, in the format of ``anytime/model/archs/`` (a model config
-  takes it as ``"pyramid": "DIR/best.json"``);
+  takes it as ``"pyramid": "DIR/best.json"``), with its ``provenance``: the search directory (never a machine's
+  absolute path), the step, the proxy preset, the reward, and the code's git commit when the search started (and
+  at each resume that ran other code);
 - ``search.json``: the resolved configuration.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from anytime.files import atomic_write
@@ -24,11 +27,33 @@ def state_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / "state.pt"
 
 
-def save_state(out_dir: str | Path, config: dict, loop_state: dict, agent_state: dict) -> None:
+def save_state(out_dir: str | Path, config: dict, loop_state: dict, agent_state: dict,
+               commits: list[str] | None = None) -> None:
     from anytime.train.checkpoint import atomic_save
 
-    atomic_save({"format": FORMAT, "version": VERSION, "config": config, "loop": loop_state, "agent": agent_state},
-                state_path(out_dir))
+    atomic_save({"format": FORMAT, "version": VERSION, "config": config, "loop": loop_state, "agent": agent_state,
+                 "commits": list(commits or [])}, state_path(out_dir))
+
+
+def code_commit() -> str:
+    """The git commit of the code running, ``-dirty`` when tracked files differ from it, or ``unknown`` outside a
+    git checkout (an installed wheel): what a shipped architecture records of the code that found it."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def add_commit(commits: list[str], commit: str) -> list[str]:
+    """The commits a search ran on, in order: the start's, then each resume's that differs from the last."""
+    return list(commits) if commits and commits[-1] == commit else [*commits, commit]
 
 
 def load_state(out_dir: str | Path) -> dict:
@@ -57,7 +82,8 @@ def trial_record(trial, space) -> dict:
             "same_as": trial.same_as}
 
 
-def write_outputs(out_dir: str | Path, loop, proxy_name: str) -> None:
+def write_outputs(out_dir: str | Path, loop, proxy_name: str, given: str | Path | None = None,
+                  commits: list[str] | None = None, reward: str = "AP of the last exit") -> None:
     """trials.jsonl and best.json from the loop's current state."""
     out = Path(out_dir)
     lines = [json.dumps(trial_record(t, loop.space)) for t in loop.finished()]
@@ -65,8 +91,11 @@ def write_outputs(out_dir: str | Path, loop, proxy_name: str) -> None:
     best = loop.best()
     if best is not None:
         spec = loop.space.decode(best.decisions, name="search-best").to_dict()
-        spec["_comment"] = (f"The best architecture of the search in {provenance_dir(out)}: step {best.step}, proxy "
+        where = provenance_dir(Path(given) if given is not None else out)
+        spec["_comment"] = (f"The best architecture of the search in {where}: step {best.step}, proxy "
                             f"reward {best.reward:.4f} (proxy preset {proxy_name!r}).")
+        spec["provenance"] = {"search": where, "step": best.step, "proxy": proxy_name, "reward": reward,
+                              "reward_value": round(best.reward, 6), "commits": list(commits or [])}
         atomic_write(out / "best.json", json.dumps(spec, indent=2) + "\n")
 
 

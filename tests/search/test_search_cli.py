@@ -65,8 +65,14 @@ def test_a_tiny_search_end_to_end(reference):
     best = max(records, key=lambda r: (r["reward"], -r["step"]))
     spec = PyramidSpec.load(out / "best.json")
     assert spec.cells == PyramidSpec.from_dict(best["architecture"]).cells
-    comment = json.loads((out / "best.json").read_text())["_comment"]  # provenance, never a machine's path
-    assert f"search in {out.name}:" in comment and str(out.parent) not in comment, comment
+    written = json.loads((out / "best.json").read_text())  # provenance, never a machine's path
+    assert f"search in {out.name}:" in written["_comment"] and str(out.parent) not in json.dumps(written)
+    provenance = written["provenance"]
+    assert provenance["search"] == out.name and provenance["step"] == best["step"]
+    assert provenance["proxy"] == "tiny" and provenance["reward_value"] == pytest.approx(best["reward"], abs=1e-6)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    assert len(provenance["commits"]) == 1 and provenance["commits"][0].startswith(commit or "unknown")
     for name in ("reward_curve.png", "unique_archs.png", "search.json", "state.pt"):
         assert (out / name).stat().st_size > 0, name
     assert f"search ppo: {TRIALS} trials" in stdout and f"best reward {best['reward']:.4f}" in stdout
@@ -150,3 +156,13 @@ def test_other_commands_do_not_import_ray():
     code = "import sys; from anytime.cli import build_parser; build_parser(); print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_provenance_names_no_machine_path_and_keeps_each_commit_a_search_ran_on():
+    from anytime.search.state import add_commit, code_commit, provenance_dir
+
+    assert provenance_dir(Path("runs/search-ppo")) == "runs/search-ppo"
+    assert provenance_dir(Path("/home/someone/runs/search-ppo")) == "search-ppo"
+    assert add_commit([], "a") == ["a"] and add_commit(["a"], "a") == ["a"] and add_commit(["a"], "b") == ["a", "b"]
+    commit = code_commit()
+    assert commit == "unknown" or len(commit.removesuffix("-dirty")) == 40
