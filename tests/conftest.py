@@ -1,9 +1,32 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and a check that the suite leaves nothing of ours in the system's temp directory."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+
+def _ours_in_tmp() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("anytime-*")}
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_TMP_KEY] = _ours_in_tmp()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Logs go to runs/logs and Ray's session goes with its search: anything named anytime-* that the suite
+    leaves in the temp directory fails the run (pytest's own tmp_path retention is not ours)."""
+    left = sorted(_ours_in_tmp() - session.config.stash.get(_TMP_KEY, set()))
+    if left and session.exitstatus == 0:
+        session.config.get_terminal_writer().line(f"left in {tempfile.gettempdir()}: {left}", red=True)
+        session.exitstatus = 1
+
+
+_TMP_KEY = pytest.StashKey[set]()
 
 
 def make_tiny_detector_onnx(image_size: int = 64, max_detections: int = 5, seed: int = 0) -> bytes:
