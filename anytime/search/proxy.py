@@ -8,11 +8,15 @@ Presets (``PRESETS``):
   accelerators; it is here so the search can run as the paper's where they exist.
 - ``cpu`` (the default): what a 2-core CPU machine can pay and still separate architectures (measured by
   ``benchmarks/proxy_signal.py --proxy cpu``: the spread between architectures is many times the noise of one
-  architecture over seeds; the README has the table). 128 px on a 4-class variant of the synthetic benchmark; the slim
-  ResNet-10 initialised from the shipped default model's backbone (from scratch every architecture lands at
-  about the same, near-zero AP); 2 pyramid networks @ 32; 600 iterations at batch 8, lr 0.01 cosine; one
-  torch thread per trial; the reward is the AP of the last exit on 300 images drawn with a different seed of
-  the generator's *training* split: held out from the training data, never the val split.
+  architecture over seeds; docs/search.md has the table). 128 px on a 4-class variant of the synthetic benchmark;
+  the slim ResNet-10 initialised from the proxies' own backbone weights (``anytime/assets/proxy_backbone.pt``: from
+  scratch every architecture lands at about the same, near-zero AP); 2 pyramid networks @ 32; 600 iterations at
+  batch 8, lr 0.01 cosine; one torch thread per trial; the reward is the AP of the last exit on 300 images drawn
+  with a different seed of the generator's *training* split: held out from the training data, never the val split.
+- ``cpu256``: the target's task in a short schedule, to rank the *best* architectures as full training does
+  (the ``cpu`` proxy ranks them poorly: docs/search.md). The default model's recipe itself (256 px, all 10
+  classes, 4 residual pyramid networks @ 64, its exit weights) for 600 of its 4000 iterations, with the same
+  backbone weights as ``cpu``: about 10 minutes a trial on one core.
 - ``tiny``: the same task cut to seconds per trial, for tests and a first try.
 
 Every trial trains with the same seed, so two architectures see the same data order and augmentation, and
@@ -33,6 +37,7 @@ from pathlib import Path
 from anytime.config import ConfigError, known_fields
 
 PAPER_HOLDOUT = 7392  # images of COCO train2017 the paper reserves for rewards (§4.2)
+PROXY_BACKBONE = Path(__file__).resolve().parents[1] / "assets" / "proxy_backbone.pt"
 
 
 @dataclass
@@ -50,10 +55,13 @@ class ProxyConfig:
     model: dict = field(default_factory=dict)
     # The schedule: TrainConfig fields.
     train: dict = field(default_factory=dict)
-    # "default_model": the shipped default model's backbone; a path: a backbone state_dict; None: from scratch.
-    backbone_init: str | None = "default_model"
+    # "proxy_backbone": the proxies' own weights (anytime/assets/proxy_backbone.pt, the backbone of the model shipped
+    # when the search began, kept apart so that a proxy does not change when the shipped model does; the set of
+    # architectures scored for fidelity includes NAS-FPN, with which they were co-trained, to measure that bias);
+    # "default_model": the backbone of whatever model is shipped now; a path: a backbone state_dict; None: scratch.
+    backbone_init: str | None = "proxy_backbone"
     threads: int = 1  # torch threads per trial (two per trial, two trials at once, were many times slower on 2 cores)
-    reward_exit: int | str = "last"  # which exit's AP is the reward
+    reward_exit: int | str = "last"  # the reward: the last exit's AP, "mean" (AP averaged over exits), or exit k's
     eval_batch_size: int = 16
 
     def validate(self) -> "ProxyConfig":
@@ -72,8 +80,8 @@ class ProxyConfig:
                               "integer when proxy.data_dir is set")
         if self.threads < 1:
             raise ConfigError(f"proxy.threads must be at least 1, got {self.threads}")
-        if self.reward_exit != "last" and not (isinstance(self.reward_exit, int) and self.reward_exit >= 1):
-            raise ConfigError(f"proxy.reward_exit must be \"last\" or an exit number, got {self.reward_exit!r}")
+        if self.reward_exit not in ("last", "mean") and not (isinstance(self.reward_exit, int) and self.reward_exit >= 1):
+            raise ConfigError(f"proxy.reward_exit must be \"last\", \"mean\" or an exit number, got {self.reward_exit!r}")
         self.run_config("nasfpn")  # the model and train sections must make a valid run
         return self
 
@@ -111,6 +119,12 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(
         name="cpu", num_classes=4, train_images=2000, reward_images=300,
         model=dict(**_SLIM, image_size=128, repeats=2, width=32),
+        train=dict(batch_size=8, lr=0.01, max_iters=600, schedule="cosine", warmup_iters=50, grad_clip=10.0, seed=0),
+    ),
+    "cpu256": dict(
+        name="cpu256", num_classes=10, train_images=2000, reward_images=300,
+        model=dict(**_SLIM, image_size=256, repeats=4, width=64, residual_pyramids=True,
+                   exit_weights=[0.4, 0.8, 1.2, 1.6]),
         train=dict(batch_size=8, lr=0.01, max_iters=600, schedule="cosine", warmup_iters=50, grad_clip=10.0, seed=0),
     ),
     "tiny": dict(
@@ -173,7 +187,9 @@ def prepare(proxy: ProxyConfig, cache: str | Path) -> dict:
         if not Path(proxy.data_dir).is_dir():
             raise ConfigError(f"proxy.data_dir {proxy.data_dir} does not exist")
         out["train"] = str(Path(proxy.data_dir).resolve())
-    if proxy.backbone_init == "default_model":
+    if proxy.backbone_init == "proxy_backbone":
+        out["backbone"] = str(PROXY_BACKBONE)
+    elif proxy.backbone_init == "default_model":
         target = cache / "default_model_backbone.pt"
         if not target.is_file():
             extract_backbone(target)

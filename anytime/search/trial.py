@@ -53,10 +53,7 @@ def run_trial(pyramid, proxy: ProxyConfig | dict, inputs: dict, out_dir: str | P
     model, _ = load_model(summary["checkpoint"])
     report = evaluate(model, reward_set, batch_size=proxy.eval_batch_size, progress=False)
     metrics = {f"AP_exit{row['exit']}": row["AP"] for row in report["exits"]}
-    exit_ = model.num_exits if proxy.reward_exit == "last" else int(proxy.reward_exit)
-    if not 1 <= exit_ <= model.num_exits:
-        raise ValueError(f"proxy.reward_exit {proxy.reward_exit} but the proxy model has exits 1..{model.num_exits}")
-    reward = report["exits"][exit_ - 1]["AP"]
+    reward = reward_of(metrics, proxy.reward_exit)
     skipped, total = summary["skipped_steps"], summary["total_iters"]
     status, error = "ok", None
     if skipped > MAX_SKIPPED_FRACTION * total:
@@ -68,6 +65,19 @@ def run_trial(pyramid, proxy: ProxyConfig | dict, inputs: dict, out_dir: str | P
     return {"status": status, "reward": reward if status == "ok" else None, "metrics": metrics,
             "seconds": round(time.perf_counter() - t0, 2), "worker": f"{socket.gethostname()}:{os.getpid()}",
             "error": error, "skipped_steps": skipped}
+
+
+def reward_of(metrics: dict, reward_exit: int | str) -> float:
+    """The reward from a trial's ``AP_exit{k}`` metrics: the last exit's AP, their mean ("mean": an anytime model
+    is served at every exit), or exit k's. Either can be computed again from a finished trial's metrics."""
+    aps = [metrics[f"AP_exit{k}"] for k in range(1, len(metrics) + 1)]
+    if reward_exit == "last":
+        return aps[-1]
+    if reward_exit == "mean":
+        return float(sum(aps) / len(aps))
+    if not 1 <= int(reward_exit) <= len(aps):
+        raise ValueError(f"proxy.reward_exit {reward_exit} but the proxy model has exits 1..{len(aps)}")
+    return aps[int(reward_exit) - 1]
 
 
 def open_sets(proxy: ProxyConfig, inputs: dict, image_size: int):

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from anytime.config import ConfigError
-from anytime.search.proxy import PAPER_HOLDOUT, load_proxy, prepare
+from anytime.config import CONFIG_DIR, ConfigError
+from anytime.search.proxy import PAPER_HOLDOUT, PROXY_BACKBONE, load_proxy, prepare
 from anytime.search.trial import holdout_split, open_sets, run_trial
+from anytime.train.config import load_run_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -28,8 +29,14 @@ def test_the_paper_preset_is_the_papers_proxy_task(tmp_path):
 
 def test_presets_and_overrides():
     cpu = load_proxy()
-    assert cpu.name == "cpu" and cpu.threads == 1 and cpu.backbone_init == "default_model"
+    assert cpu.name == "cpu" and cpu.threads == 1 and cpu.backbone_init == "proxy_backbone"
     assert cpu.model["image_size"] == 128 and cpu.num_classes == 4 and cpu.train["max_iters"] == 600
+    # cpu256 is the default model's own recipe, shortened: only the schedule's length and the data differ
+    near, target = load_proxy("cpu256"), load_run_config(CONFIG_DIR / "default.json")
+    run = near.run_config("nasfpn")
+    for key in ("image_size", "repeats", "width", "residual_pyramids", "exit_weights", "backbone_width", "head_convs"):
+        assert run.model[key] == target.model[key], key
+    assert near.num_classes == 10 and run.train.max_iters < target.train.max_iters and near.threads == 1
     custom = load_proxy(None, {"preset": "tiny", "train": {"max_iters": 5}, "reward_images": 8})
     assert custom.train["max_iters"] == 5 and custom.train["batch_size"] == 4 and custom.reward_images == 8
     with pytest.raises(ConfigError, match="unknown proxy preset"):
@@ -75,7 +82,21 @@ def test_a_trial_trains_and_scores_an_architecture(tmp_path):
     assert set(result["metrics"]) == {"AP_exit1"} and result["seconds"] > 0
     assert (tmp_path / "trial" / "train" / "final.pt").is_file()
     spec = json.loads((tmp_path / "trial" / "train" / "config.json").read_text())["model"]
-    assert spec["backbone_weights"] == inputs["backbone"]  # initialised from the shipped model's backbone
+    assert spec["backbone_weights"] == inputs["backbone"] == str(PROXY_BACKBONE)  # the proxies' own weights
+
+
+def test_the_proxies_backbone_is_their_own_asset_and_both_rewards_come_from_one_trial():
+    import torch
+
+    from anytime.search.trial import reward_of
+
+    weights = torch.load(PROXY_BACKBONE, weights_only=True)
+    assert "conv1.weight" in weights and PROXY_BACKBONE.stat().st_size < 400_000
+    metrics = {"AP_exit1": 0.1, "AP_exit2": 0.2, "AP_exit3": 0.4}
+    assert reward_of(metrics, "last") == 0.4 and reward_of(metrics, 1) == 0.1
+    assert reward_of(metrics, "mean") == pytest.approx(0.7 / 3)
+    with pytest.raises(ValueError, match="exits 1..3"):
+        reward_of(metrics, 4)
 
 
 def test_a_diverging_trial_is_a_failure_not_a_number(tmp_path):
