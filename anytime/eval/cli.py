@@ -24,6 +24,46 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
 
+    p = subparsers.add_parser("scaling", help="AP against pyramids and GMACs for several models (Figure 8a)",
+                              description="The paper's Figure 8a in miniature: AP against the number of pyramid "
+                                          "networks and against GMACs, one line per model through its exits (the "
+                                          "exits of one deeply supervised model; the paper trains one model per "
+                                          "depth). Models are checkpoints (evaluated on the val split) or reports "
+                                          "of `anytime eval --json`.")
+    p.add_argument("models", nargs="+", metavar="CHECKPOINT_OR_EVAL_JSON")
+    p.add_argument("--labels", help="comma-separated labels, one per model (default: the pyramid's name)")
+    p.add_argument("--data", help="dataset root for checkpoints (default: the default benchmark)")
+    p.add_argument("--out", default="runs/scaling.png", help="the figure (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the points as JSON")
+    p.set_defaults(func=run_scaling)
+
+
+def run_scaling(args: argparse.Namespace) -> int:
+    from anytime.cli import UserError
+    from anytime.eval.scaling import model_point_set, plot_scaling
+    from anytime.train.checkpoint import CheckpointError
+
+    labels = args.labels.split(",") if args.labels else [None] * len(args.models)
+    if len(labels) != len(args.models):
+        raise UserError(f"--labels gives {len(labels)} labels for {len(args.models)} models")
+    models = []
+    for source, label in zip(args.models, labels):
+        if not Path(source).is_file():
+            raise UserError(f"{source} does not exist")
+        try:
+            models.append(model_point_set(source, args.data, label))
+        except (CheckpointError, KeyError, json.JSONDecodeError) as e:
+            raise UserError(f"{source}: not a checkpoint or an `anytime eval --json` report ({e})") from None
+    path = plot_scaling(models, args.out)
+    if args.json:
+        print(json.dumps({"models": models, "figure": str(path)}))
+    else:
+        for m in models:
+            print(f"{m['label']:>16s}: " + "  ".join(f"exit {e['exit']} AP {100 * e['AP']:.1f} @ {e['gmacs']:.2f} GMACs"
+                                                     for e in m["exits"]))
+        print(f"figure: {path}")
+    return 0
+
 
 def parse_exits(text: str | None, num_exits: int) -> list[int] | None:
     from anytime.cli import UserError

@@ -123,3 +123,24 @@ def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(ckpt, "DEFAULT_MODEL", tmp_path / "assets" / "default_model.pt")
     assert main(["eval", "--data", str(tmp_path)]) == 2
     assert "default model" in capsys.readouterr().err
+
+
+def test_scaling_plots_ap_against_pyramids_and_gmacs(checkpoint, data_dir, tmp_path, capsys):
+    """anytime scaling takes a checkpoint (evaluated here) and an eval report alike; GMACs grow with the exit."""
+    from anytime.cli import main
+
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(data_dir), "--json",
+                 "--out", str(tmp_path / "ev")]) == 0
+    report = tmp_path / "report.json"
+    report.write_text(capsys.readouterr().out)
+    figure = tmp_path / "fig8a.png"
+    assert main(["scaling", str(checkpoint), str(report), "--labels", "a,b", "--data", str(data_dir),
+                 "--out", str(figure), "--json"]) == 0
+    models = json.loads(capsys.readouterr().out)["models"]
+    assert [m["label"] for m in models] == ["a", "b"] and figure.stat().st_size > 10_000
+    a, b = models
+    assert [e["AP"] for e in a["exits"]] == pytest.approx([e["AP"] for e in b["exits"]], abs=1e-6)
+    gmacs = [e["gmacs"] for e in a["exits"]]
+    assert len(gmacs) == a["repeats"] == 2 and gmacs[0] < gmacs[1]
+    assert main(["scaling", str(tmp_path / "none.pt")]) == 2 and "does not exist" in capsys.readouterr().err
+    assert main(["scaling", str(checkpoint), "--labels", "a,b"]) == 2

@@ -1,0 +1,80 @@
+"""The paper's Figure 8a in miniature: AP against the number of pyramid networks and against multiply-adds, for
+several models (e.g. stacked FPN and NAS-FPN).
+
+Each model is a line through its exits. What it shows is therefore not quite the paper's figure: the paper trains
+one model per depth, and here the points of a line are the exits of *one* deeply supervised model, whose early
+exits share weights with (and are trained for) the later ones. Models trained with fewer pyramids (one model per
+depth, as in the paper) can be added; each is a line of its own, its last point the paper's kind of point.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def model_point_set(source: str | Path, data: str | None = None, label: str | None = None) -> dict:
+    """{"label", "pyramid", "repeats", "exits": [{"exit", "AP", "gmacs"}]} of a checkpoint (evaluated here) or of
+    an ``anytime eval --json`` report (which names its checkpoint, read for the configuration only)."""
+    from anytime.model.complexity import exit_costs
+    from anytime.train.checkpoint import load_model
+
+    source = Path(source)
+    if source.suffix == ".json":
+        report = json.loads(source.read_text())
+        model, _ = load_model(report["checkpoint"])
+    else:
+        model, report = _evaluate(source, data)
+    costs = {e["exit"]: e["gmacs"] for e in exit_costs(model.cfg, every_exit=False)["exits"]}
+    pyramid = Path(model.cfg.pyramid).stem
+    return {"label": label or pyramid, "pyramid": pyramid, "repeats": model.num_exits, "source": str(source),
+            "exits": [{"exit": r["exit"], "AP": r["AP"], "gmacs": round(costs[r["exit"]], 4)}
+                      for r in report["exits"]]}
+
+
+def _evaluate(checkpoint: Path, data: str | None):
+    import contextlib
+    import sys
+
+    from anytime.eval.cli import _open_split
+    from anytime.eval.coco_eval import evaluate
+    from anytime.train.checkpoint import load_model
+
+    with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints
+        model, meta = load_model(checkpoint)
+        dataset = _open_split(data, "val", model.cfg.image_size)
+        report = evaluate(model, dataset, cat_ids=meta.get("cat_ids") or list(dataset.cat_ids))
+    return model, report
+
+
+def plot_scaling(models: list[dict], path: str | Path) -> Path:
+    """Two panels, AP against pyramid networks run and against GMACs; one colour per pyramid architecture, one
+    line per model (a model with fewer pyramids dashed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    colours = {p: f"C{i}" for i, p in enumerate(dict.fromkeys(m["pyramid"] for m in models))}
+    deepest = max(m["repeats"] for m in models)
+    for m in models:
+        style = dict(color=colours[m["pyramid"]], marker="o", ls="-" if m["repeats"] == deepest else "--",
+                     label=f"{m['label']} ({m['repeats']} pyramids)")
+        ap = [100 * e["AP"] for e in m["exits"]]
+        axes[0].plot([e["exit"] for e in m["exits"]], ap, **style)
+        axes[1].plot([e["gmacs"] for e in m["exits"]], ap, **style)
+    axes[0].set_xlabel("pyramid networks run (exit)")
+    axes[0].set_xticks(range(1, deepest + 1))
+    axes[1].set_xlabel("GMACs per image")
+    axes[0].set_ylabel("COCO AP (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.suptitle("AP against depth (the paper's Figure 8a in miniature): each line is the exits of one deeply "
+                 "supervised model", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
