@@ -15,6 +15,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--out", help="run directory (default: train.out_dir, else runs/<name>)")
     p.add_argument("--data", help="dataset root (default: train.data_dir, else the default synthetic benchmark)")
     p.add_argument("--max-iters", type=int, help="override train.max_iters")
+    p.add_argument("--pyramid", metavar="ARCH",
+                   help="override model.pyramid: a built-in architecture or a JSON file such as a search's best.json "
+                        "(the config's recipe with only the pyramid swapped)")
     p.add_argument("--seed", type=int, help="override train.seed (a second seed measures re-training noise)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch threads for this process (default: torch's, one per core); two trainings side by side "
@@ -47,6 +50,15 @@ def run(args) -> int:
         t.data_dir = args.data
     if args.max_iters is not None:
         t.max_iters = args.max_iters
+    if args.pyramid is not None:
+        if args.resume and args.pyramid != config.model.get("pyramid"):
+            raise UserError(f"--pyramid {args.pyramid} differs from the run's own {config.model.get('pyramid')}: "
+                            "a resumed run keeps its model")
+        config.model["pyramid"] = args.pyramid
+        try:
+            config.model_config()  # an unknown or malformed architecture is refused before anything runs
+        except Exception as e:
+            raise UserError(f"--pyramid {args.pyramid}: {e}") from None
     if args.seed is not None:
         if args.resume and args.seed != t.seed:
             raise UserError(f"--seed {args.seed} differs from the run's own seed {t.seed}: a resumed run keeps its seed")

@@ -210,5 +210,12 @@ def test_cli_trains_and_writes_an_inference_checkpoint(data_dir, tmp_path, capsy
     assert "keeps its seed" in capsys.readouterr().err
     assert main(["train", "--config", str(cfg), "--threads", "0", "--no-progress"]) == 2
     assert "--threads must be at least 1" in capsys.readouterr().err
+    # the recipe with only the pyramid swapped
+    out = tmp_path / "fpn-cells"
+    assert main(["train", "--config", str(cfg), "--pyramid", "fpn-cells", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert read_checkpoint(out / "last.pt")["run_config"]["model"]["pyramid"] == "fpn-cells"
+    assert main(["train", "--config", str(cfg), "--pyramid", "no-such-arch", "--no-progress"]) == 2
+    assert "no-such-arch" in capsys.readouterr().err
     model, meta = load_model(small)
     assert meta["kind"] == "inference" and small.stat().st_size < (tmp_path / "run" / "final.pt").stat().st_size
