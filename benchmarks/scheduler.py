@@ -1,7 +1,5 @@
 """Does the upfront scheduler do on the real clock what it does in simulation, on the same trace?
 
-Scheduler benchmark, honest version: the same trace through a simulator and through the real gateway and Triton.
-
     .venv/bin/python benchmarks/scheduler.py [--repository model_repository] [--data data/synth] [--loads 0.5,0.8,1.2]
 
 1. **Latency samples.** Every exit at batch 1 through a real Triton (``anytime profile``'s timing, 140 calls per

@@ -1,7 +1,5 @@
 """What does one scheduling decision cost, by queue length?
 
-What one scheduling decision costs, by queue length: microseconds per admission check, submit and dispatch.
-
     .venv/bin/python benchmarks/scheduler_cost.py [--repeats 2000]
 
 The scheduler runs on the gateway's event loop, so its cost is latency every request pays. Each operation is

@@ -1,7 +1,5 @@
 """Where does a progressive request to the deepest exit spend its time, alone, by Triton's own metrics?
 
-Where a progressive request to the deepest exit spends its time, alone (batch 1), from Triton's own metrics:
-
     .venv/bin/python benchmarks/stage_breakdown.py [--runs 100] [--stacks 2]
 
 For each of ``--stacks`` fresh serving stacks (Triton and the gateway, ``--execution progressive``), it sends

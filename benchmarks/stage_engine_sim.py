@@ -1,7 +1,5 @@
 """Where do requests end when the stage engine alone replays a real run's traces on a simulated clock?
 
-The stage engine alone on a simulated clock, replaying the traces of a real run: where requests end.
-
     .venv/bin/python benchmarks/stage_engine_sim.py [--real runs/bench/progressive.json] [--sigma 0.3]
         [--set protect_z=1.0 --set insure_quantile=0.9 --set optional_heads=0]
 

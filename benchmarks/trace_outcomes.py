@@ -1,7 +1,5 @@
 """Where do the requests of a trace end, by execution mode, through the real gateway and Triton?
 
-Where the requests of a trace end, by execution mode: the real gateway and Triton, the client's clock.
-
     .venv/bin/python benchmarks/trace_outcomes.py [--modes "progressive, no batching;upfront"] [--loads 0.5,0.8]
 
 For each mode and load it runs the trace of ``benchmarks/progressive.py`` (Poisson arrivals, budgets uniform in

@@ -1,7 +1,5 @@
 """How many training images per second does the default model take, against the paper's R-50 NAS-FPN 7 @ 256?
 
-Training throughput (images/s) of the default model vs the paper's R-50 NAS-FPN 7 @ 256, side by side.
-
 Times full training steps (forward over every exit, deep-supervision loss, backward, SGD) on random images
 with random boxes, after a few warm-up steps. The paper model runs at a reduced image size by default so that
 it fits a CPU; pass --preset-image-size 640 for the paper's resolution.
