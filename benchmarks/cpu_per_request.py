@@ -51,6 +51,14 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def resident_mb(pid: int) -> float:
+    """VmRSS of a process, in MB (10^6 bytes)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    return float("nan")
+
+
 def process_names(stack) -> dict[str, int]:
     """name -> pid for the gateway, each tritonserver and each of its python stubs (by the model it serves)."""
     names = {"gateway": stack.gateway.pid}
@@ -96,7 +104,8 @@ def measure(stack, address, images, requests, clients, exit, letterbox_size) -> 
     per["client"] = client / requests * 1e3
     stubs = sum(v for n, v in per.items() if n.startswith("stub"))
     return {"per_process_ms": per, "stubs_ms": stubs, "stack_ms": sum(v for n, v in per.items() if n != "client"),
-            "requests_per_s": requests / out["wall_s"], "errors": sum(out["failures"].values()), "exits": out["exits"]}
+            "requests_per_s": requests / out["wall_s"], "errors": sum(out["failures"].values()), "exits": out["exits"],
+            "gateway_rss_mb": resident_mb(pids["gateway"])}
 
 
 def decode_floor(images: list[bytes], size: int) -> float:
@@ -173,16 +182,18 @@ def main() -> int:
                     print(f"{name:7s} {clients} client(s) {r['sent']:16s} gateway {r['per_process_ms']['gateway']:5.1f} "
                           f"stubs {r['stubs_ms']:5.1f} stack {r['stack_ms']:5.1f} client "
                           f"{r['per_process_ms']['client']:4.1f} ms/request; {r['requests_per_s']:.1f}/s, "
-                          f"{r['errors']} errors, exits {r['exits']}", flush=True)
+                          f"{r['errors']} errors, exits {r['exits']}; gateway resident {r['gateway_rss_mb']:.0f} MB",
+                          flush=True)
     floor = ort_floor(args.repository, args.exit)
     decoding = {name: decode_floor(images, size) for name, images in sets.items()}
     names = sorted({n for r in rows for n in r["per_process_ms"]}, key=lambda n: (n.startswith("stub"), n))
     print(f"\nCPU ms per request at exit {args.exit}, {args.requests} requests a row (utime + stime from /proc)\n")
-    print("| set | clients | sent | " + " | ".join(names) + " | stack | requests/s |")
-    print("|---|---|---|" + "---|" * len(names) + "---|---|")
+    print("| set | clients | sent | " + " | ".join(names) + " | stack | requests/s | gateway MB |")
+    print("|---|---|---|" + "---|" * len(names) + "---|---|---|")
     for r in rows:
         cells = " | ".join(f"{r['per_process_ms'].get(n, 0.0):.1f}" for n in names)
-        print(f"| {r['set']} | {r['clients']} | {r['sent']} | {cells} | {r['stack_ms']:.1f} | {r['requests_per_s']:.1f} |")
+        print(f"| {r['set']} | {r['clients']} | {r['sent']} | {cells} | {r['stack_ms']:.1f} | {r['requests_per_s']:.1f} | "
+              f"{r['gateway_rss_mb']:.0f} |")
     print(f"\nfloor: ONNX Runtime alone, exit {args.exit} graph, {floor['threads']} intra-op threads: "
           f"{floor['cpu_ms']:.1f} CPU ms ({floor['wall_ms']:.1f} ms wall) per call; decoding + letterbox alone, one "
           "thread: " + ", ".join(f"{name} {ms:.1f}" for name, ms in decoding.items()) + " CPU ms per image")
