@@ -49,7 +49,7 @@ def _evaluate(checkpoint: Path, data: str | None):
 
 def plot_scaling(models: list[dict], path: str | Path) -> Path:
     """Two panels, AP against pyramid networks run and against GMACs; one colour per pyramid architecture, one
-    line per model (a model with fewer pyramids dashed)."""
+    line per model (another run of the same pyramid with another marker; a model with fewer pyramids dashed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -58,9 +58,11 @@ def plot_scaling(models: list[dict], path: str | Path) -> Path:
     axes = fig.subplots(1, 2, sharey=True)
     colours = {p: f"C{i}" for i, p in enumerate(dict.fromkeys(m["pyramid"] for m in models))}
     deepest = max(m["repeats"] for m in models)
+    seen: dict[str, int] = {}
     for m in models:
-        style = dict(color=colours[m["pyramid"]], marker="o", ls="-" if m["repeats"] == deepest else "--",
-                     label=f"{m['label']} ({m['repeats']} pyramids)")
+        k = seen[m["pyramid"]] = seen.get(m["pyramid"], -1) + 1  # another run of the same pyramid: another marker
+        style = dict(color=colours[m["pyramid"]], marker="osD^v"[k % 5], ls="-" if m["repeats"] == deepest else "--",
+                     alpha=1.0 if k == 0 else 0.7, label=f"{m['label']} ({m['repeats']} pyramids)")
         ap = [100 * e["AP"] for e in m["exits"]]
         axes[0].plot([e["exit"] for e in m["exits"]], ap, **style)
         axes[1].plot([e["gmacs"] for e in m["exits"]], ap, **style)
