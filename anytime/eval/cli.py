@@ -84,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from anytime.cli import UserError
-    from anytime.eval.coco_eval import evaluate, format_table
-    from anytime.train.checkpoint import DEFAULT_MODEL, CheckpointError, load_model
+    from anytime.eval.coco_eval import format_table
+    from anytime.train.checkpoint import DEFAULT_MODEL
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
@@ -99,21 +99,9 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else (
         Path("runs/eval") if checkpoint.resolve() == DEFAULT_MODEL else checkpoint.parent / f"eval_{args.split}")
 
-    # Everything but the final answer goes to stderr (pycocotools and the data generator print progress).
-    with contextlib.redirect_stdout(sys.stderr):
-        try:
-            model, meta = load_model(checkpoint, map_location=device)
-        except CheckpointError as e:
-            raise UserError(str(e)) from None
-        exits = parse_exits(args.exits, model.num_exits)
-        dataset = _open_split(args.data, args.split, model.cfg.image_size)
-        cat_ids = meta.get("cat_ids") or list(dataset.cat_ids)
-        if len(cat_ids) != model.cfg.num_classes:
-            raise UserError(f"the model predicts {model.cfg.num_classes} classes but the dataset has {len(cat_ids)}")
-        if list(cat_ids) != list(dataset.cat_ids):
-            print("warning: the checkpoint's category ids differ from the dataset's; using the checkpoint's", file=sys.stderr)
-        report = evaluate(model, dataset, exits, batch_size=args.batch_size, progress=not args.json,
-                          out_dir=out_dir, cat_ids=cat_ids, num_workers=args.num_workers)
+    _, report = evaluate_checkpoint(checkpoint, args.data, args.split, args.exits, device=device,
+                                    batch_size=args.batch_size, progress=not args.json, out_dir=out_dir,
+                                    num_workers=args.num_workers)
     report.update(checkpoint=str(checkpoint), split=args.split, out_dir=str(out_dir))
     if args.json:
         print(json.dumps(report))
@@ -121,6 +109,30 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(report))
         print(f"(AP in %, {report['num_images']} images; results and ap_per_exit.png in {out_dir})")
     return 0
+
+
+def evaluate_checkpoint(checkpoint, data: str | None, split: str = "val", exits: str | None = None,
+                        device=None, **options):
+    """(model, report) of ``anytime.eval.coco_eval.evaluate`` on a checkpoint, with the CLI's checks (a readable
+    checkpoint, valid exits, as many classes as the dataset). Everything but the report goes to stderr
+    (pycocotools and the data generator print progress)."""
+    from anytime.cli import UserError
+    from anytime.eval.coco_eval import evaluate
+    from anytime.train.checkpoint import CheckpointError, load_model
+
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            model, meta = load_model(checkpoint, map_location=device)
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+        chosen = parse_exits(exits, model.num_exits)
+        dataset = _open_split(data, split, model.cfg.image_size)
+        cat_ids = meta.get("cat_ids") or list(dataset.cat_ids)
+        if len(cat_ids) != model.cfg.num_classes:
+            raise UserError(f"the model predicts {model.cfg.num_classes} classes but the dataset has {len(cat_ids)}")
+        if list(cat_ids) != list(dataset.cat_ids):
+            print("warning: the checkpoint's category ids differ from the dataset's; using the checkpoint's", file=sys.stderr)
+        return model, evaluate(model, dataset, chosen, cat_ids=cat_ids, **options)
 
 
 def _open_split(data: str | None, split: str, image_size: int):

@@ -16,6 +16,7 @@ from pathlib import Path
 def model_point_set(source: str | Path, data: str | None = None, label: str | None = None) -> dict:
     """{"label", "pyramid", "repeats", "exits": [{"exit", "AP", "gmacs"}]} of a checkpoint (evaluated here) or of
     an ``anytime eval --json`` report (which names its checkpoint, read for the configuration only)."""
+    from anytime.eval.cli import evaluate_checkpoint
     from anytime.model.complexity import exit_costs
     from anytime.train.checkpoint import load_model
 
@@ -24,27 +25,12 @@ def model_point_set(source: str | Path, data: str | None = None, label: str | No
         report = json.loads(source.read_text())
         model, _ = load_model(report["checkpoint"])
     else:
-        model, report = _evaluate(source, data)
+        model, report = evaluate_checkpoint(source, data, progress=False)
     costs = {e["exit"]: e["gmacs"] for e in exit_costs(model.cfg, every_exit=False)["exits"]}
     pyramid = Path(model.cfg.pyramid).stem
     return {"label": label or pyramid, "pyramid": pyramid, "repeats": model.num_exits, "source": str(source),
             "exits": [{"exit": r["exit"], "AP": r["AP"], "gmacs": round(costs[r["exit"]], 4)}
                       for r in report["exits"]]}
-
-
-def _evaluate(checkpoint: Path, data: str | None):
-    import contextlib
-    import sys
-
-    from anytime.eval.cli import _open_split
-    from anytime.eval.coco_eval import evaluate
-    from anytime.train.checkpoint import load_model
-
-    with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints
-        model, meta = load_model(checkpoint)
-        dataset = _open_split(data, "val", model.cfg.image_size)
-        report = evaluate(model, dataset, cat_ids=meta.get("cat_ids") or list(dataset.cat_ids))
-    return model, report
 
 
 def plot_scaling(models: list[dict], path: str | Path) -> Path:
