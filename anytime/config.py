@@ -28,6 +28,23 @@ def known_fields(cls, d: dict, what: str) -> dict:
     return {k: v for k, v in d.items() if k in names}
 
 
+def exit_weights_at_depth(weights: list[float] | None, n: int) -> list[float] | None:
+    """A recipe's deep-supervision weights carried to a model with ``n`` pyramid networks: each exit takes the
+    weight that the recipe gives its *relative* depth (linear between the recipe's exits), then all are scaled to
+    the recipe's mean weight, so the total loss scale and hence the effective learning rate stay the recipe's.
+    The default [0.4, 0.8, 1.2, 1.6] becomes [1.0] for one pyramid and [0.67, 1.33] for two. Used to train one
+    model per depth, as the paper's Figure 8a does."""
+    import numpy as np
+
+    if weights is None:
+        return None
+    if n < 1:
+        raise ConfigError(f"a model needs at least one pyramid network, got {n}")
+    w = np.asarray(weights, dtype=float)
+    at = np.interp(np.arange(1, n + 1) / n, np.arange(1, len(w) + 1) / len(w), w)
+    return [round(float(x), 4) for x in at * (w.mean() / at.mean())]
+
+
 @dataclass
 class ModelConfig:
     num_classes: int = 10

@@ -18,6 +18,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--pyramid", metavar="ARCH",
                    help="override model.pyramid: a built-in architecture or a JSON file such as a search's best.json "
                         "(the config's recipe with only the pyramid swapped)")
+    p.add_argument("--pyramids", type=int, metavar="N",
+                   help="override model.repeats: the recipe with N stacked pyramid networks (N exits), its exit "
+                        "weights carried to N exits with the same mean (one model per depth, the paper's Figure 8a)")
     p.add_argument("--seed", type=int, help="override train.seed (a second seed measures re-training noise)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch threads for this process (default: torch's, one per core); two trainings side by side "
@@ -59,6 +62,19 @@ def run(args) -> int:
             config.model_config()  # an unknown or malformed architecture is refused before anything runs
         except Exception as e:
             raise UserError(f"--pyramid {args.pyramid}: {e}") from None
+    if args.pyramids is not None:
+        from anytime.config import ConfigError, exit_weights_at_depth
+
+        if args.resume and args.pyramids != config.model.get("repeats"):
+            raise UserError(f"--pyramids {args.pyramids} differs from the run's own {config.model.get('repeats')}: "
+                            "a resumed run keeps its model")
+        if not args.resume:
+            try:
+                config.model["exit_weights"] = exit_weights_at_depth(config.model.get("exit_weights"), args.pyramids)
+                config.model["repeats"] = args.pyramids
+                config.model_config()
+            except ConfigError as e:
+                raise UserError(f"--pyramids {args.pyramids}: {e}") from None
     if args.seed is not None:
         if args.resume and args.seed != t.seed:
             raise UserError(f"--seed {args.seed} differs from the run's own seed {t.seed}: a resumed run keeps its seed")

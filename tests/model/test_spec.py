@@ -78,3 +78,15 @@ def test_lite_variant_builds_with_four_levels():
     cfg = ModelConfig(backbone="mobilenet_v2", pyramid="nasfpn-lite", separable=True, repeats=2, width=16, image_size=64)
     model = AnytimeRetinaNet(cfg)
     assert model.levels == (3, 4, 5, 6)
+
+
+def test_exit_weights_carry_to_another_depth_at_the_same_mean():
+    from anytime.config import exit_weights_at_depth
+
+    default = [0.4, 0.8, 1.2, 1.6]
+    assert exit_weights_at_depth(default, 4) == default
+    assert exit_weights_at_depth(default, 1) == [1.0]
+    assert exit_weights_at_depth(default, 2) == pytest.approx([2 / 3, 4 / 3], abs=1e-4)
+    assert exit_weights_at_depth(None, 2) is None  # equal weights stay equal
+    with pytest.raises(ConfigError, match="at least one pyramid"):
+        exit_weights_at_depth(default, 0)

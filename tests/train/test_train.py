@@ -217,5 +217,18 @@ def test_cli_trains_and_writes_an_inference_checkpoint(data_dir, tmp_path, capsy
     assert read_checkpoint(out / "last.pt")["run_config"]["model"]["pyramid"] == "fpn-cells"
     assert main(["train", "--config", str(cfg), "--pyramid", "no-such-arch", "--no-progress"]) == 2
     assert "no-such-arch" in capsys.readouterr().err
+    # one model per depth: N pyramids, the recipe's rising exit weights carried to N exits at the same mean
+    weighted = tmp_path / "weighted.json"
+    weighted.write_text(_json.dumps({"model": {**TINY_MODEL, "exit_weights": [0.5, 1.5]}, "train": {
+        "data_dir": str(data_dir), "batch_size": 2, "max_iters": 1, "lr": 0.01, "warmup_iters": 1}}))
+    out = tmp_path / "one"
+    assert main(["train", "--config", str(weighted), "--pyramids", "1", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    model_cfg = read_checkpoint(out / "last.pt")["run_config"]["model"]
+    assert model_cfg["repeats"] == 1 and model_cfg["exit_weights"] == [1.0]
+    assert main(["train", "--out", str(out), "--resume", "--pyramids", "2", "--no-progress"]) == 2
+    assert "keeps its model" in capsys.readouterr().err
+    assert main(["train", "--config", str(weighted), "--pyramids", "0", "--no-progress"]) == 2
+    assert "at least one pyramid" in capsys.readouterr().err
     model, meta = load_model(small)
     assert meta["kind"] == "inference" and small.stat().st_size < (tmp_path / "run" / "final.pt").stat().st_size
