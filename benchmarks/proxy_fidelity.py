@@ -37,6 +37,9 @@ def main(argv=None) -> int:
     ap.add_argument("--arch-seed", type=int, default=7, help="seed that draws the random architectures")
     ap.add_argument("--truth", action="append", default=[], metavar="LABEL=EVAL.json",
                     help="anytime eval --json of LABEL trained with the full recipe (repeat; several per label: seeds)")
+    ap.add_argument("--truth-table", default=None, metavar="FILE",
+                    help='the same for many labels in one JSON file: {"runs": {LABEL: [[AP per exit], ...]}} '
+                         "(docs/search-ground-truth.json)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=None, help="output directory (default: runs/proxy_fidelity/<preset>)")
     args = ap.parse_args(argv)
@@ -46,7 +49,7 @@ def main(argv=None) -> int:
     out = Path(args.out or f"runs/proxy_fidelity/{args.proxy}")
     proxy = load_proxy(args.proxy)
     archs = candidate_set(args, out)
-    truth = read_truth(args.truth)
+    truth = read_truth(args.truth, args.truth_table)
     t0 = time.perf_counter()
     results = run_trials(archs, proxy, out, args.workers)
     rows = [{"label": label, **results[label], **truth.get(label, {})} for label in archs if label in results]
@@ -81,11 +84,16 @@ def candidate_set(args, out: Path) -> dict:
     return archs
 
 
-def read_truth(items: list[str]) -> dict:
-    """label -> {"full_AP": [exit APs, mean over the files], "full_runs": n, "full_spread": exit-4 max - min}."""
+def read_truth(items: list[str], table: str | None = None) -> dict:
+    """label -> {"full_AP": [exit APs, mean over the runs], "full_runs": n, "full_spread": exit-4 max - min}, from
+    eval reports (LABEL=FILE) and/or a table of recorded APs (runs are ignored files that do not outlive a machine;
+    the table is tracked)."""
     import numpy as np
 
     runs: dict[str, list[list[float]]] = {}
+    if table:
+        for label, aps in json.loads(Path(table).read_text())["runs"].items():
+            runs.setdefault(label, []).extend([list(map(float, a)) for a in aps])
     for item in items:
         label, _, path = item.partition("=")
         report = json.loads(Path(path).read_text())
