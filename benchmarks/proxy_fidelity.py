@@ -12,8 +12,8 @@ thread each). The ground truth is ``anytime eval --json`` of each architecture t
         --random 16
     # with the ground truth: the rank correlations and the proxy's top architecture against the best
     .venv/bin/python benchmarks/proxy_fidelity.py --proxy cpu256 --arch nasfpn --arch fpn-cells \\
-        --truth nasfpn=runs/gt/nasfpn-seed0.json --truth nasfpn=runs/gt/nasfpn-seed1.json \\
-        --truth fpn-cells=runs/gt/fpn-cells.json
+        --truth docs/eval-reports/nasfpn-seed0.json --truth docs/eval-reports/nasfpn-seed1.json \\
+        --truth docs/eval-reports/fpn-cells.json
 
 Resumable: every finished trial stays in OUT/trials/LABEL/result.json and never runs again, so a stopped run
 continues where it was with the same command. Prints a table, writes OUT/results.json and OUT/fidelity.png
@@ -35,11 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", action="append", default=[], help="a built-in architecture or a JSON file (repeat)")
     ap.add_argument("--random", type=int, default=0, help="random architectures of the search space to score too")
     ap.add_argument("--arch-seed", type=int, default=7, help="seed that draws the random architectures")
-    ap.add_argument("--truth", action="append", default=[], metavar="LABEL=EVAL.json",
-                    help="anytime eval --json of LABEL trained with the full recipe (repeat; several per label: seeds)")
-    ap.add_argument("--truth-table", default=None, metavar="FILE",
-                    help='the same for many labels in one JSON file: {"runs": {LABEL: [[AP per exit], ...]}} '
-                         "(docs/search-ground-truth.json)")
+    ap.add_argument("--truth", action="append", default=[], metavar="[LABEL=]EVAL.json",
+                    help="anytime eval --json of an architecture trained with the full recipe, labelled by its "
+                         "pyramid unless LABEL= is given (repeat; several per label: seeds; docs/eval-reports/)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=None, help="output directory (default: runs/proxy_fidelity/<preset>)")
     args = ap.parse_args(argv)
@@ -49,7 +47,7 @@ def main(argv=None) -> int:
     out = Path(args.out or f"runs/proxy_fidelity/{args.proxy}")
     proxy = load_proxy(args.proxy)
     archs = candidate_set(args, out)
-    truth = read_truth(args.truth, args.truth_table)
+    truth = read_truth(args.truth)
     t0 = time.perf_counter()
     results = run_trials(archs, proxy, out, args.workers)
     rows = [{"label": label, **results[label], **truth.get(label, {})} for label in archs if label in results]
@@ -84,19 +82,16 @@ def candidate_set(args, out: Path) -> dict:
     return archs
 
 
-def read_truth(items: list[str], table: str | None = None) -> dict:
-    """label -> {"full_AP": [exit APs, mean over the runs], "full_runs": n, "full_spread": exit-4 max - min}, from
-    eval reports (LABEL=FILE) and/or a table of recorded APs (runs are ignored files that do not outlive a machine;
-    the table is tracked)."""
+def read_truth(items: list[str]) -> dict:
+    """label -> {"full_AP": [exit APs, mean over the reports], "full_runs": n, "full_spread": exit-4 max - min}.
+    An item is LABEL=FILE or FILE, whose label is its model's pyramid (the name ``--arch`` gives it)."""
     import numpy as np
 
     runs: dict[str, list[list[float]]] = {}
-    if table:
-        for label, aps in json.loads(Path(table).read_text())["runs"].items():
-            runs.setdefault(label, []).extend([list(map(float, a)) for a in aps])
     for item in items:
-        label, _, path = item.partition("=")
+        label, _, path = item.rpartition("=")
         report = json.loads(Path(path).read_text())
+        label = label or Path(report["model"]["pyramid"]).stem
         runs.setdefault(label, []).append([e["AP"] for e in report["exits"]])
     return {label: {"full_AP": np.mean(aps, axis=0).round(4).tolist(), "full_runs": len(aps),
                     "full_spread": round(float(np.ptp([a[-1] for a in aps])), 4)} for label, aps in runs.items()}

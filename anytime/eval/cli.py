@@ -40,6 +40,7 @@ def add_parsers(subparsers) -> None:
 
 def run_scaling(args: argparse.Namespace) -> int:
     from anytime.cli import UserError
+    from anytime.config import ConfigError
     from anytime.eval.scaling import model_point_set, plot_scaling
     from anytime.train.checkpoint import CheckpointError
 
@@ -52,7 +53,7 @@ def run_scaling(args: argparse.Namespace) -> int:
             raise UserError(f"{source} does not exist")
         try:
             models.append(model_point_set(source, args.data, label))
-        except (CheckpointError, KeyError, json.JSONDecodeError) as e:
+        except (CheckpointError, ConfigError, KeyError, json.JSONDecodeError) as e:
             raise UserError(f"{source}: not a checkpoint or an `anytime eval --json` report ({e})") from None
     path = plot_scaling(models, args.out)
     if args.json:
@@ -99,10 +100,14 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else (
         Path("runs/eval") if checkpoint.resolve() == DEFAULT_MODEL else checkpoint.parent / f"eval_{args.split}")
 
-    _, report = evaluate_checkpoint(checkpoint, args.data, args.split, args.exits, device=device,
-                                    batch_size=args.batch_size, progress=not args.json, out_dir=out_dir,
-                                    num_workers=args.num_workers)
-    report.update(checkpoint=str(checkpoint), split=args.split, out_dir=str(out_dir))
+    model, report = evaluate_checkpoint(checkpoint, args.data, args.split, args.exits, device=device,
+                                        batch_size=args.batch_size, progress=not args.json, out_dir=out_dir,
+                                        num_workers=args.num_workers)
+    # The model's config travels with its AP, so the report alone says what was measured (its pyramid, its
+    # exits' GMACs for `anytime scaling`) after the checkpoint, an ignored file, is gone.
+    # The shipped model by its place in the package, never this machine's absolute path.
+    shown = args.checkpoint or str(Path("anytime") / DEFAULT_MODEL.relative_to(DEFAULT_MODEL.parents[1]))
+    report.update(checkpoint=shown, split=args.split, out_dir=str(out_dir), model=model.cfg.to_dict())
     if args.json:
         print(json.dumps(report))
     else:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 def model_point_set(source: str | Path, data: str | None = None, label: str | None = None) -> dict:
     """{"label", "pyramid", "repeats", "exits": [{"exit", "AP", "gmacs"}]} of a checkpoint (evaluated here) or of
-    an ``anytime eval --json`` report (which names its checkpoint, read for the configuration only)."""
+    an ``anytime eval --json`` report: its ``model`` config, or for reports older than that field the checkpoint
+    it names (read for the configuration only)."""
+    from anytime.config import ModelConfig
     from anytime.eval.cli import evaluate_checkpoint
     from anytime.model.complexity import exit_costs
     from anytime.train.checkpoint import load_model
@@ -23,12 +25,16 @@ def model_point_set(source: str | Path, data: str | None = None, label: str | No
     source = Path(source)
     if source.suffix == ".json":
         report = json.loads(source.read_text())
-        model, _ = load_model(report["checkpoint"])
+        if "model" in report:
+            cfg = ModelConfig.from_dict({**report["model"], "backbone_weights": None}).validate()
+        else:
+            cfg = load_model(report["checkpoint"])[0].cfg
     else:
         model, report = evaluate_checkpoint(source, data, progress=False)
-    costs = {e["exit"]: e["gmacs"] for e in exit_costs(model.cfg, every_exit=False)["exits"]}
-    pyramid = Path(model.cfg.pyramid).stem
-    return {"label": label or pyramid, "pyramid": pyramid, "repeats": model.num_exits, "source": str(source),
+        cfg = model.cfg
+    costs = {e["exit"]: e["gmacs"] for e in exit_costs(cfg, every_exit=False)["exits"]}
+    pyramid = Path(cfg.pyramid).stem
+    return {"label": label or pyramid, "pyramid": pyramid, "repeats": cfg.num_exits, "source": str(source),
             "exits": [{"exit": r["exit"], "AP": r["AP"], "gmacs": round(costs[r["exit"]], 4)}
                       for r in report["exits"]]}
 

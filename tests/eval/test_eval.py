@@ -126,20 +126,26 @@ def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path, capsys):
 
 
 def test_scaling_plots_ap_against_pyramids_and_gmacs(checkpoint, data_dir, tmp_path, capsys):
-    """anytime scaling takes a checkpoint (evaluated here) and an eval report alike; GMACs grow with the exit."""
+    """anytime scaling takes a checkpoint (evaluated here) and an eval report alike; GMACs grow with the exit. A
+    report carries its model's config, so it plots after its checkpoint is gone; an older report without it is
+    read through its checkpoint."""
     from anytime.cli import main
 
     assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(data_dir), "--json",
                  "--out", str(tmp_path / "ev")]) == 0
-    report = tmp_path / "report.json"
-    report.write_text(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out)
+    assert report["checkpoint"] == str(checkpoint) and report["model"]["repeats"] == 2
+    orphan, old = tmp_path / "orphan.json", tmp_path / "old.json"
+    orphan.write_text(json.dumps({**report, "checkpoint": str(tmp_path / "gone.pt")}))
+    old.write_text(json.dumps({k: v for k, v in report.items() if k != "model"}))
     figure = tmp_path / "fig8a.png"
-    assert main(["scaling", str(checkpoint), str(report), "--labels", "a,b", "--data", str(data_dir),
+    assert main(["scaling", str(checkpoint), str(orphan), str(old), "--labels", "a,b,c", "--data", str(data_dir),
                  "--out", str(figure), "--json"]) == 0
     models = json.loads(capsys.readouterr().out)["models"]
-    assert [m["label"] for m in models] == ["a", "b"] and figure.stat().st_size > 10_000
-    a, b = models
+    assert [m["label"] for m in models] == ["a", "b", "c"] and figure.stat().st_size > 10_000
+    a, b, c = models
     assert [e["AP"] for e in a["exits"]] == pytest.approx([e["AP"] for e in b["exits"]], abs=1e-6)
+    assert [e["gmacs"] for e in a["exits"]] == [e["gmacs"] for e in b["exits"]] == [e["gmacs"] for e in c["exits"]]
     gmacs = [e["gmacs"] for e in a["exits"]]
     assert len(gmacs) == a["repeats"] == 2 and gmacs[0] < gmacs[1]
     assert main(["scaling", str(tmp_path / "none.pt")]) == 2 and "does not exist" in capsys.readouterr().err
