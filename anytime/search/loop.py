@@ -162,6 +162,16 @@ class SearchLoop:
                 best = t
         return best
 
+    def top(self, k: int) -> list[Trial]:
+        """The k best distinct architectures (an architecture sampled twice counts once), best first, earliest
+        on ties; failures never count. ``top(1)`` is ``[best()]``."""
+        ranked, seen = [], set()
+        for t in sorted((t for t in self.finished() if t.status != "failed"), key=lambda t: (-t.reward, t.step)):
+            if t.decisions not in seen:
+                seen.add(t.decisions)
+                ranked.append(t)
+        return ranked[:k]
+
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The bookkeeping; trials that were running are stored as queued, so a resumed search runs them again."""

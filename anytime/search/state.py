@@ -9,6 +9,8 @@
   takes it as ``"pyramid": "DIR/best.json"``), with its ``provenance``: the search directory (never a machine's
   absolute path), the step, the proxy preset, the reward, and the code's git commit when the search started (and
   at each resume that ran other code);
+- ``top/top{1,2,3}.json``: the three best distinct architectures, in the same format: the ones to train with the
+  full recipe, since the proxy only ranks them;
 - ``search.json``: the resolved configuration.
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from anytime.files import atomic_write
 
 FORMAT, VERSION = "anytime-search", 1
+TOP = 3  # architectures written to DIR/top/
 
 
 def state_path(out_dir: str | Path) -> Path:
@@ -88,15 +91,23 @@ def write_outputs(out_dir: str | Path, loop, proxy_name: str, given: str | Path 
     out = Path(out_dir)
     lines = [json.dumps(trial_record(t, loop.space)) for t in loop.finished()]
     atomic_write(out / "trials.jsonl", "".join(line + "\n" for line in lines))
+    where = provenance_dir(Path(given) if given is not None else out)
+
+    def spec_of(trial, name: str, what: str) -> str:
+        spec = loop.space.decode(trial.decisions, name=name).to_dict()
+        spec["_comment"] = (f"The {what} architecture of the search in {where}: step {trial.step}, proxy "
+                            f"reward {trial.reward:.4f} (proxy preset {proxy_name!r}).")
+        spec["provenance"] = {"search": where, "step": trial.step, "proxy": proxy_name, "reward": reward,
+                              "reward_value": round(trial.reward, 6), "commits": list(commits or [])}
+        return json.dumps(spec, indent=2) + "\n"
+
     best = loop.best()
     if best is not None:
-        spec = loop.space.decode(best.decisions, name="search-best").to_dict()
-        where = provenance_dir(Path(given) if given is not None else out)
-        spec["_comment"] = (f"The best architecture of the search in {where}: step {best.step}, proxy "
-                            f"reward {best.reward:.4f} (proxy preset {proxy_name!r}).")
-        spec["provenance"] = {"search": where, "step": best.step, "proxy": proxy_name, "reward": reward,
-                              "reward_value": round(best.reward, 6), "commits": list(commits or [])}
-        atomic_write(out / "best.json", json.dumps(spec, indent=2) + "\n")
+        atomic_write(out / "best.json", spec_of(best, "search-best", "best"))
+    # The few best, for training with the full recipe: the proxy ranks, full training decides.
+    (out / "top").mkdir(exist_ok=True)
+    for rank, trial in enumerate(loop.top(TOP), 1):
+        atomic_write(out / "top" / f"top{rank}.json", spec_of(trial, f"search-top{rank}", f"rank-{rank}"))
 
 
 def provenance_dir(out: Path) -> str:

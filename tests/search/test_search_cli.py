@@ -73,6 +73,17 @@ def test_a_tiny_search_end_to_end(reference):
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     assert len(provenance["commits"]) == 1 and provenance["commits"][0].startswith(commit or "unknown")
+    ranked, seen = [], set()  # the top 3 distinct architectures, best first, for full training
+    for r in sorted((r for r in records if r["status"] != "failed"), key=lambda r: (-r["reward"], r["step"])):
+        cells = json.dumps(r["architecture"]["cells"])
+        if cells not in seen:
+            seen.add(cells)
+            ranked.append(r)
+    tops = sorted((out / "top").glob("top*.json"))
+    assert [p.name for p in tops] == [f"top{k}.json" for k in range(1, min(3, len(ranked)) + 1)]
+    for path, r in zip(tops, ranked):
+        assert PyramidSpec.load(path).cells == PyramidSpec.from_dict(r["architecture"]).cells
+        assert json.loads(path.read_text())["provenance"]["step"] == r["step"]
     for name in ("reward_curve.png", "unique_archs.png", "search.json", "state.pt"):
         assert (out / name).stat().st_size > 0, name
     assert f"search ppo: {TRIALS} trials" in stdout and f"best reward {best['reward']:.4f}" in stdout
