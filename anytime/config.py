@@ -146,6 +146,12 @@ class ModelConfig:
             d["aspect_ratios"] = tuple(d["aspect_ratios"])
         return cls(**d)
 
+    @classmethod
+    def of_trained(cls, d: dict) -> "ModelConfig":
+        """The config saved with a trained model (a checkpoint's, an eval report's): its weights come with it, so
+        the backbone initialisation file used at training time is not needed and need not exist here."""
+        return cls.from_dict({**d, "backbone_weights": None})
+
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 

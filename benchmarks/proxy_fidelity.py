@@ -87,6 +87,8 @@ def read_truth(items: list[str]) -> dict:
     An item is LABEL=FILE or FILE, whose label is its model's pyramid (the name ``--arch`` gives it)."""
     import numpy as np
 
+    from anytime.search.ship import spread  # the re-training spread, as the ship rule measures it
+
     runs: dict[str, list[list[float]]] = {}
     for item in items:
         label, _, path = item.rpartition("=")
@@ -94,7 +96,7 @@ def read_truth(items: list[str]) -> dict:
         label = label or Path(report["model"]["pyramid"]).stem
         runs.setdefault(label, []).append([e["AP"] for e in report["exits"]])
     return {label: {"full_AP": np.mean(aps, axis=0).round(4).tolist(), "full_runs": len(aps),
-                    "full_spread": round(float(np.ptp([a[-1] for a in aps])), 4)} for label, aps in runs.items()}
+                    "full_spread": round(spread(aps), 4)} for label, aps in runs.items()}
 
 
 def run_trials(archs: dict, proxy, out: Path, workers: int) -> dict:

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     # The model's config travels with its AP, so the report alone says what was measured (its pyramid, its
     # exits' GMACs for `anytime scaling`) after the checkpoint, an ignored file, is gone.
     # The shipped model by its place in the package, never this machine's absolute path.
-    shown = args.checkpoint or str(Path("anytime") / DEFAULT_MODEL.relative_to(DEFAULT_MODEL.parents[1]))
+    shown = args.checkpoint or str(DEFAULT_MODEL.relative_to(DEFAULT_MODEL.parents[2]))
     report.update(checkpoint=shown, split=args.split, out_dir=str(out_dir), model=model.cfg.to_dict())
     if args.json:
         print(json.dumps(report))

@@ -26,7 +26,7 @@ def model_point_set(source: str | Path, data: str | None = None, label: str | No
     if source.suffix == ".json":
         report = json.loads(source.read_text())
         if "model" in report:
-            cfg = ModelConfig.from_dict({**report["model"], "backbone_weights": None}).validate()
+            cfg = ModelConfig.of_trained(report["model"]).validate()
         else:
             cfg = load_model(report["checkpoint"])[0].cfg
     else:

@@ -156,15 +156,11 @@ class SearchLoop:
 
     def best(self) -> Trial | None:
         """The finished trial with the highest reward (the earliest on ties); failures never count."""
-        best = None
-        for t in self.finished():
-            if t.status != "failed" and (best is None or t.reward > best.reward):
-                best = t
-        return best
+        return next(iter(self.top(1)), None)
 
     def top(self, k: int) -> list[Trial]:
         """The k best distinct architectures (an architecture sampled twice counts once), best first, earliest
-        on ties; failures never count. ``top(1)`` is ``[best()]``."""
+        on ties; failures never count."""
         ranked, seen = [], set()
         for t in sorted((t for t in self.finished() if t.status != "failed"), key=lambda t: (-t.reward, t.step)):
             if t.decisions not in seen:

@@ -55,8 +55,7 @@ def load_model(path: str | Path, map_location="cpu") -> tuple[AnytimeRetinaNet, 
     path = Path(path)
     ckpt = read_checkpoint(path, map_location)
     try:
-        # Weights come from the checkpoint; the backbone file used at training time need not exist here.
-        cfg = ModelConfig.from_dict({**ckpt["model_config"], "backbone_weights": None})
+        cfg = ModelConfig.of_trained(ckpt["model_config"])
         model = AnytimeRetinaNet(cfg)
     except (ConfigError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} has an unusable model config: {e}") from None
