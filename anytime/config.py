@@ -58,6 +58,10 @@ class ModelConfig:
 
     # feature pyramid
     pyramid: str = "nasfpn"  # built-in architecture name, a JSON file, or "fpn" (the FPN baseline)
+    # The architecture itself (PyramidSpec.to_dict()). Training fills it in, so that a checkpoint or an eval report
+    # rebuilds its model without the file ``pyramid`` named (a search's best.json, on a machine long gone). When
+    # set, it is the architecture and ``pyramid`` only names where it came from.
+    pyramid_spec: dict | None = None
     repeats: int = 3  # stacked pyramid networks = exits
     width: int = 64  # channels inside the pyramid and heads
     separable: bool = False  # depthwise-separable convs (NAS-FPN-Lite)
@@ -95,9 +99,28 @@ class ModelConfig:
     def levels(self) -> tuple[int, ...]:
         if self.pyramid == "fpn":
             return (3, 4, 5, 6, 7)
-        from anytime.model.spec import PyramidSpec
+        return self.architecture().levels
 
-        return PyramidSpec.load(self.pyramid).levels
+    def architecture(self):
+        """The stacked pyramid network's ``PyramidSpec``: the embedded one, else the one ``pyramid`` names."""
+        from anytime.model.spec import ArchitectureError, PyramidSpec
+
+        if self.pyramid == "fpn":
+            raise ConfigError("the FPN baseline is torchvision's FPN, not an architecture of merging cells")
+        if self.pyramid_spec is None:
+            return PyramidSpec.load(self.pyramid)
+        if not isinstance(self.pyramid_spec, dict):
+            raise ConfigError(f"pyramid_spec must be an architecture object, got {type(self.pyramid_spec).__name__}")
+        try:
+            return PyramidSpec.from_dict(self.pyramid_spec)
+        except ArchitectureError as e:
+            raise ConfigError(f"pyramid_spec (from {self.pyramid}): {e}") from None
+
+    def with_architecture(self) -> "ModelConfig":
+        """This config with its architecture embedded (``pyramid_spec``): what a trained model saves."""
+        if self.pyramid == "fpn" or self.pyramid_spec is not None:
+            return self
+        return dataclasses.replace(self, pyramid_spec=self.architecture().to_dict())
 
     def exit_weight_list(self) -> list[float]:
         w = self.exit_weights or [1.0] * self.num_exits
@@ -118,6 +141,8 @@ class ModelConfig:
             raise ConfigError(f"width must be at least 8, got {self.width}")
         if self.residual_pyramids and self.pyramid == "fpn":
             raise ConfigError("residual_pyramids needs a stacked NAS-FPN; the FPN baseline has a single pyramid")
+        if self.pyramid == "fpn" and self.pyramid_spec is not None:
+            raise ConfigError("pyramid_spec is set but the pyramid is the FPN baseline, which has no merging cells")
         levels = self.levels  # also validates the architecture
         if min(levels) < 3:
             raise ConfigError(f"the pyramid's levels {list(levels)} start below P3: backbones give C3 (stride 8) "

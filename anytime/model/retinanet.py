@@ -12,7 +12,6 @@ from anytime.model.head import RetinaHead
 from anytime.model.loss import assign, exit_loss
 from anytime.model.postprocess import candidates, postprocess
 from anytime.model.pyramid import FPNBaseline, InputProjection, PyramidNetwork
-from anytime.model.spec import PyramidSpec
 
 # Images enter the model as RGB float 0..255; normalisation lives in the graph so exported models take raw pixels.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -35,7 +34,7 @@ class AnytimeRetinaNet(nn.Module):
             self.input_proj = nn.Identity()
             self.pyramids = nn.ModuleList([FPNBaseline(in_ch, cfg.width)])
         else:
-            spec = PyramidSpec.load(cfg.pyramid)
+            spec = cfg.architecture()
             self.input_proj = InputProjection(in_ch, cfg.width, spec.levels)
             # Stacked pyramid networks never share weights (paper §3, "R-50 7 @ 256").
             self.pyramids = nn.ModuleList(

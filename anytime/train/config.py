@@ -94,7 +94,8 @@ class RunConfig:
     train: TrainConfig
 
     def model_config(self, class_names: list[str] | None = None) -> ModelConfig:
-        """The ``ModelConfig``, with num_classes/class_names from the dataset where the file leaves them null."""
+        """The ``ModelConfig``, with num_classes/class_names from the dataset where the file leaves them null, and
+        the architecture embedded (``pyramid_spec``) so that the checkpoints it trains never need the file."""
         d = dict(self.model)
         if class_names is not None:
             if d.get("num_classes") is None:
@@ -107,7 +108,7 @@ class RunConfig:
             if d.get("class_names") is None:
                 d["class_names"] = list(class_names)
         d = {k: v for k, v in d.items() if not (k in DATASET_FIELDS and v is None)}
-        return ModelConfig.from_dict(d).validate()
+        return ModelConfig.from_dict(d).validate().with_architecture()
 
     def to_dict(self) -> dict:
         return {"model": dict(self.model), "train": self.train.to_dict()}

@@ -282,9 +282,11 @@ class Trainer:
 
     # -- resume ------------------------------------------------------------------------------------------
     def _check_resumable(self, ckpt: dict) -> None:
-        saved = ckpt.get("model_config")
-        if saved != self.model_cfg.to_dict():
-            diff = sorted(k for k in set(saved) | set(self.model_cfg.to_dict()) if saved.get(k) != self.model_cfg.to_dict().get(k))
+        saved, now = ckpt.get("model_config"), self.model_cfg.to_dict()
+        if "pyramid_spec" not in saved:  # a run started before configs embedded their architecture
+            now.pop("pyramid_spec")
+        if saved != now:
+            diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise ConfigError(f"cannot resume: the model config differs from the checkpoint's ({', '.join(diff)})")
         old = ckpt.get("train_config", {})
         new = self.cfg.to_dict()
@@ -365,10 +367,12 @@ class Trainer:
         if self.dist.world > 1:
             states = [None] * self.dist.world
             dist.all_gather_object(states, rng_state())
+        run = self.run_config.to_dict()
+        run["model"]["pyramid_spec"] = self.model_cfg.pyramid_spec  # --resume works without the architecture's file
         return {
             "format": FORMAT, "version": VERSION, "kind": "train",
             "model_config": self.model_cfg.to_dict(), "train_config": self.cfg.to_dict(),
-            "run_config": self.run_config.to_dict(),
+            "run_config": run,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.amp else None,
             "iteration": self.iteration, "epoch": self.iteration // self.iters_per_epoch,

@@ -72,6 +72,10 @@ def test_bad_configurations_name_the_problem(tmp_path):
     bad.write_text(json.dumps({"name": "x", "cells": [{"level": 4, "op": "sum", "inputs": [0, 12]}]}))
     with pytest.raises(ArchitectureError, match="input index 12 does not exist"):
         AnytimeRetinaNet(ModelConfig(pyramid=str(bad)))
+    with pytest.raises(ConfigError, match=r"pyramid_spec \(from x.json\): .*input index 12 does not exist"):
+        AnytimeRetinaNet(ModelConfig(pyramid="x.json", pyramid_spec=json.loads(bad.read_text())))
+    with pytest.raises(ConfigError, match="pyramid_spec is set but the pyramid is the FPN baseline"):
+        ModelConfig(pyramid="fpn", repeats=1, pyramid_spec=PyramidSpec.load("nasfpn").to_dict()).validate()
 
 
 def test_lite_variant_builds_with_four_levels():

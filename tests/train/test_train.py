@@ -232,3 +232,33 @@ def test_cli_trains_and_writes_an_inference_checkpoint(data_dir, tmp_path, capsy
     assert "at least one pyramid" in capsys.readouterr().err
     model, meta = load_model(small)
     assert meta["kind"] == "inference" and small.stat().st_size < (tmp_path / "run" / "final.pt").stat().st_size
+
+
+def test_a_trained_model_outlives_its_architecture_file(data_dir, tmp_path, capsys):
+    """A search's best.json lives on the machine that ran the search: the checkpoint embeds the architecture, so
+    loading, exporting and resuming need only the checkpoint."""
+    from anytime.cli import main
+    from anytime.model.spec import PyramidSpec
+
+    arch = tmp_path / "best.json"
+    spec = PyramidSpec.load("fpn-cells")
+    arch.write_text(json.dumps({**spec.to_dict(), "name": "searched"}))
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"model": TINY_MODEL, "train": {
+        "data_dir": str(data_dir), "batch_size": 2, "max_iters": 1, "lr": 0.01, "warmup_iters": 1}}))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--pyramid", str(arch), "--out", str(out), "--no-progress"]) == 0
+    arch.unlink()
+    model, meta = load_model(out / "last.pt")
+    assert model.cfg.pyramid == str(arch) and model.cfg.architecture().cells == spec.cells
+    assert main(["train", "--out", str(out), "--resume", "--max-iters", "2", "--no-progress"]) == 0
+    assert read_checkpoint(out / "last.pt")["iteration"] == 2
+    # a run saved before configs embedded their architecture still resumes, from the file it names
+    ckpt = read_checkpoint(out / "last.pt")
+    for d in (ckpt["model_config"], ckpt["run_config"]["model"]):
+        d.pop("pyramid_spec")
+    ckpt["run_config"]["model"]["pyramid"] = ckpt["model_config"]["pyramid"] = "fpn-cells"
+    atomic_save(ckpt, out / "last.pt")
+    assert main(["train", "--out", str(out), "--resume", "--max-iters", "3", "--no-progress"]) == 0
+    assert read_checkpoint(out / "last.pt")["model_config"]["pyramid_spec"]["cells"] == spec.to_dict()["cells"]
+    capsys.readouterr()
