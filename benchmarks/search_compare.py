@@ -6,8 +6,12 @@ architectures against NAS-FPN and the FPN baseline on the same proxy (from bench
     .venv/bin/python benchmarks/search_compare.py runs/search-ppo runs/search-random \\
         --signal runs/proxy_signal/cpu/results.json --plot runs/search_compare.png
 
-Every trial of a search and the seed-0 rows of the signal table train with the same proxy seed, so their
-rewards are directly comparable. Searches are compared over the same number of trials: the first N of each,
+    # a search on cpu256, against the references of benchmarks/proxy_fidelity.py on that proxy
+    .venv/bin/python benchmarks/search_compare.py runs/search-cpu256 \
+        --fidelity docs/search-runs/fidelity-cpu256/results.json --plot runs/search_compare.png
+
+Every trial of a search and the seed-0 rows of the signal table (or the trials of the fidelity set) train with the
+same proxy seed, so their rewards are directly comparable. Searches are compared over the same number of trials: the first N of each,
 N the smallest count (or ``--trials``). With two searches, a permutation test says how often a random split
 of their pooled rewards gives a difference of means at least as large as the one seen: the question is
 whether the controller's samples are better on average, not only its single best.
@@ -26,6 +30,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("searches", nargs="+", help="search directories")
     ap.add_argument("--signal", help="results.json of benchmarks/proxy_signal.py on the same proxy")
+    ap.add_argument("--fidelity", help="results.json of benchmarks/proxy_fidelity.py on the same proxy (instead of "
+                    "--signal): its architectures' rewards, by the searches' reward")
     ap.add_argument("--trials", type=int, help="compare the first N trials of each (default: the smallest count)")
     ap.add_argument("--plot", help="write the best-so-far curves of the searches here (PNG)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the permutation test")
@@ -76,11 +82,24 @@ def main(argv=None) -> int:
                                    seed=args.seed)
         print(f"\nmean reward, {a['label']} minus {b['label']}: {diff:+.4f}; "
               f"permutation test (two-sided, 20000 splits): p = {p:.3f}")
-    ref = {}
+    ref, noise = {}, None
     if args.signal:
         sig = json.loads(Path(args.signal).read_text())
         ref = {row["label"]: row["reward"] for row in sig["rows"] if row["seed"] == 0}
         noise = sig["summary"].get("noise_max")
+    elif args.fidelity:
+        fid = json.loads(Path(args.fidelity).read_text())
+        exits = {json.loads((Path(r["search"]) / "search.json").read_text())["proxy"].get("reward_exit", "last")
+                 for r in rows}
+        if len(exits) != 1 or next(iter(exits)) not in ("last", "mean"):
+            print(f"--fidelity needs searches rewarded by the last exit or by the mean, all alike; got {exits}",
+                  file=sys.stderr)
+            return 2
+        key = f"reward_{exits.pop()}"
+        ref = {row["label"]: row[key] for row in fid["rows"]}
+        ref.setdefault("fpn", ref.get("fpn-cells"))  # FPN as merging cells is the stackable FPN of the set
+        ref = {k: v for k, v in ref.items() if v is not None}
+    if ref:
         print()
         print("| architecture | proxy reward (seed 0) |")
         print("|---|---|")
@@ -91,9 +110,10 @@ def main(argv=None) -> int:
                 print(f"| {label} | {ref[label]:.4f} |")
         if noise is not None:
             print(f"\nseed noise of the proxy (max - min over seeds of one architecture): {noise:.4f}")
-        if "fpn" in ref:
-            print(" ".join(f"{r['controller']}: {sum(t['reward'] > ref['fpn'] for t in r['records'])}/{r['trials']} "
-                           "trials above fpn;" for r in rows))
+        for label in ("nasfpn", "fpn"):
+            if label in ref:
+                print(" ".join(f"{r['controller']}: {sum(t['reward'] > ref[label] for t in r['records'])}/{r['trials']} "
+                               f"trials above {label};" for r in rows))
     if args.plot:
         from anytime.search.plots import plot_best_so_far
 
