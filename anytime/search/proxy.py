@@ -89,7 +89,7 @@ class ProxyConfig:
         """The training run of one trial: this proxy's model and schedule with ``pyramid`` as the pyramid."""
         from anytime.train.config import RunConfig
 
-        model = {**self.model, "pyramid": pyramid}
+        model = {**self.model, "pyramid": pyramid, "pyramid_spec": None}
         if pyramid == "fpn":  # the FPN baseline is one pyramid; residual stacking does not apply
             model.update(repeats=1, residual_pyramids=False, exit_weights=None)
         if num_classes is not None:

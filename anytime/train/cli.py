@@ -58,6 +58,7 @@ def run(args) -> int:
             raise UserError(f"--pyramid {args.pyramid} differs from the run's own {config.model.get('pyramid')}: "
                             "a resumed run keeps its model")
         config.model["pyramid"] = args.pyramid
+        config.model.pop("pyramid_spec", None)  # an embedded architecture would stand in for the new one
         try:
             config.model_config()  # an unknown or malformed architecture is refused before anything runs
         except Exception as e:

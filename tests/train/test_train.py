@@ -261,4 +261,10 @@ def test_a_trained_model_outlives_its_architecture_file(data_dir, tmp_path, caps
     atomic_save(ckpt, out / "last.pt")
     assert main(["train", "--out", str(out), "--resume", "--max-iters", "3", "--no-progress"]) == 0
     assert read_checkpoint(out / "last.pt")["model_config"]["pyramid_spec"]["cells"] == spec.to_dict()["cells"]
+    # a run's own config, embedded architecture and all, trains another pyramid when --pyramid says so
+    again = tmp_path / "again.json"
+    again.write_text(json.dumps({**read_checkpoint(out / "last.pt")["run_config"], "train": json.loads(cfg.read_text())["train"]}))
+    out2 = tmp_path / "nasfpn"
+    assert main(["train", "--config", str(again), "--pyramid", "nasfpn", "--out", str(out2), "--no-progress"]) == 0
+    assert load_model(out2 / "last.pt")[0].cfg.architecture() == PyramidSpec.load("nasfpn")
     capsys.readouterr()
