@@ -45,6 +45,12 @@ def exit_weights_at_depth(weights: list[float] | None, n: int) -> list[float] | 
     return [round(float(x), 4) for x in at * (w.mean() / at.mean())]
 
 
+def with_pyramid(model: dict, pyramid: str) -> dict:
+    """A model config section (a dict, as written) with ``pyramid`` swapped in. An embedded architecture
+    (``pyramid_spec``, from a trained run's own config) goes with it, or it would stand in for the new one."""
+    return {**model, "pyramid": pyramid, "pyramid_spec": None}
+
+
 @dataclass
 class ModelConfig:
     num_classes: int = 10

@@ -7,14 +7,14 @@ architectures against NAS-FPN and the FPN baseline on the same proxy (from bench
         --signal runs/proxy_signal/cpu/results.json --plot runs/search_compare.png
 
     # a search on cpu256, against the references of benchmarks/proxy_fidelity.py on that proxy
-    .venv/bin/python benchmarks/search_compare.py runs/search-cpu256 \
+    .venv/bin/python benchmarks/search_compare.py runs/search-cpu256 \\
         --fidelity docs/search-runs/fidelity-cpu256/results.json --plot runs/search_compare.png
 
 Every trial of a search and the seed-0 rows of the signal table (or the trials of the fidelity set) train with the
-same proxy seed, so their rewards are directly comparable. Searches are compared over the same number of trials: the first N of each,
-N the smallest count (or ``--trials``). With two searches, a permutation test says how often a random split
-of their pooled rewards gives a difference of means at least as large as the one seen: the question is
-whether the controller's samples are better on average, not only its single best.
+same proxy seed, so their rewards are directly comparable. Searches are compared over the same number of trials:
+the first N of each, N the smallest count (or ``--trials``). With two searches, a permutation test says how often
+a random split of their pooled rewards gives a difference of means at least as large as the one seen: the
+question is whether the controller's samples are better on average, not only its single best.
 """
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ def main(argv=None) -> int:
             print(f"\nseed noise of the proxy (max - min over seeds of one architecture): {noise:.4f}")
         for label in ("nasfpn", "fpn"):
             if label in ref:
-                print(" ".join(f"{r['controller']}: {sum(t['reward'] > ref[label] for t in r['records'])}/{r['trials']} "
-                               f"trials above {label};" for r in rows))
+                print(" ".join(f"{r['controller']}: {sum(t['reward'] > ref[label] for t in r['records'])}/"
+                               f"{r['trials']} trials above {label};" for r in rows))
     if args.plot:
         from anytime.search.plots import plot_best_so_far
 

@@ -34,7 +34,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anytime.config import ConfigError, known_fields
+from anytime.config import ConfigError, known_fields, with_pyramid
 
 PAPER_HOLDOUT = 7392  # images of COCO train2017 the paper reserves for rewards (§4.2)
 PROXY_BACKBONE = Path(__file__).resolve().parents[1] / "assets" / "proxy_backbone.pt"
@@ -89,7 +89,7 @@ class ProxyConfig:
         """The training run of one trial: this proxy's model and schedule with ``pyramid`` as the pyramid."""
         from anytime.train.config import RunConfig
 
-        model = {**self.model, "pyramid": pyramid, "pyramid_spec": None}
+        model = with_pyramid(self.model, pyramid)
         if pyramid == "fpn":  # the FPN baseline is one pyramid; residual stacking does not apply
             model.update(repeats=1, residual_pyramids=False, exit_weights=None)
         if num_classes is not None:

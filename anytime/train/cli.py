@@ -33,6 +33,7 @@ def add_parsers(subparsers) -> None:
 
 def run(args) -> int:
     from anytime.cli import UserError
+    from anytime.config import with_pyramid
     from anytime.train.checkpoint import CheckpointError, read_checkpoint
     from anytime.train.config import RunConfig, load_run_config
     from anytime.train.loop import train
@@ -57,8 +58,7 @@ def run(args) -> int:
         if args.resume and args.pyramid != config.model.get("pyramid"):
             raise UserError(f"--pyramid {args.pyramid} differs from the run's own {config.model.get('pyramid')}: "
                             "a resumed run keeps its model")
-        config.model["pyramid"] = args.pyramid
-        config.model.pop("pyramid_spec", None)  # an embedded architecture would stand in for the new one
+        config.model = with_pyramid(config.model, args.pyramid)
         try:
             config.model_config()  # an unknown or malformed architecture is refused before anything runs
         except Exception as e:

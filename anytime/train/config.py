@@ -108,7 +108,7 @@ class RunConfig:
             if d.get("class_names") is None:
                 d["class_names"] = list(class_names)
         d = {k: v for k, v in d.items() if not (k in DATASET_FIELDS and v is None)}
-        return ModelConfig.from_dict(d).validate().with_architecture()
+        return ModelConfig.from_dict(d).with_architecture().validate()  # validated on the embedded copy: one read
 
     def to_dict(self) -> dict:
         return {"model": dict(self.model), "train": self.train.to_dict()}
