@@ -41,7 +41,7 @@ def add_parsers(subparsers) -> None:
 def run_scaling(args: argparse.Namespace) -> int:
     from anytime.cli import UserError
     from anytime.config import ConfigError
-    from anytime.eval.scaling import model_point_set, plot_scaling
+    from anytime.eval.scaling import model_point_set, per_depth, plot_scaling
     from anytime.train.checkpoint import CheckpointError
 
     labels = args.labels.split(",") if args.labels else [None] * len(args.models)
@@ -57,11 +57,14 @@ def run_scaling(args: argparse.Namespace) -> int:
             raise UserError(f"{source}: not a checkpoint or an `anytime eval --json` report ({e})") from None
     path = plot_scaling(models, args.out)
     if args.json:
-        print(json.dumps({"models": models, "figure": str(path)}))
+        print(json.dumps({"models": models, "per_depth": per_depth(models), "figure": str(path)}))
     else:
         for m in models:
             print(f"{m['label']:>16s}: " + "  ".join(f"exit {e['exit']} AP {100 * e['AP']:.1f} @ {e['gmacs']:.2f} GMACs"
                                                      for e in m["exits"]))
+        for pyramid, points in per_depth(models).items():
+            print(f"{pyramid:>16s}: one model per depth: " + "  ".join(
+                f"{p['repeats']} pyramids AP {100 * p['AP']:.1f} ({p['runs']} runs)" for p in points))
         print(f"figure: {path}")
     return 0
 

@@ -4,7 +4,8 @@ several models (e.g. stacked FPN and NAS-FPN).
 Each model is a line through its exits. What it shows is therefore not quite the paper's figure: the paper trains
 one model per depth, and here the points of a line are the exits of *one* deeply supervised model, whose early
 exits share weights with (and are trained for) the later ones. Models trained with fewer pyramids (one model per
-depth, as in the paper) can be added; each is a line of its own, its last point the paper's kind of point.
+depth, as in the paper) can be added; each is a line of its own, its last point the paper's kind of point, and
+where a pyramid has models of two depths or more a dotted line joins their last exits: that line is the paper's.
 """
 
 from __future__ import annotations
@@ -39,9 +40,27 @@ def model_point_set(source: str | Path, data: str | None = None, label: str | No
                       for r in report["exits"]]}
 
 
+def per_depth(models: list[dict]) -> dict[str, list[dict]]:
+    """pyramid -> [{"repeats", "AP", "gmacs", "runs"}] by depth: the last exit of each model trained with that
+    many pyramids, several runs (seeds) averaged. This is the paper's Figure 8a point, one model per depth; only
+    pyramids with models of two depths or more form a line."""
+    by: dict[str, dict[int, list[dict]]] = {}
+    for m in models:
+        by.setdefault(m["pyramid"], {}).setdefault(m["repeats"], []).append(m["exits"][-1])
+    lines = {}
+    for pyramid, depths in by.items():
+        if len(depths) < 2:
+            continue
+        lines[pyramid] = [{"repeats": r, "AP": round(sum(e["AP"] for e in last) / len(last), 4),
+                           "gmacs": round(sum(e["gmacs"] for e in last) / len(last), 4), "runs": len(last)}
+                          for r, last in sorted(depths.items())]
+    return lines
+
+
 def plot_scaling(models: list[dict], path: str | Path) -> Path:
     """Two panels, AP against pyramid networks run and against GMACs; one colour per pyramid architecture, one
-    line per model (another run of the same pyramid with another marker; a model with fewer pyramids dashed)."""
+    line per model (another run of the same pyramid with another marker; a model with fewer pyramids dashed),
+    and a dotted line per pyramid through the last exits of its models of each depth (``per_depth``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -58,6 +77,12 @@ def plot_scaling(models: list[dict], path: str | Path) -> Path:
         ap = [100 * e["AP"] for e in m["exits"]]
         axes[0].plot([e["exit"] for e in m["exits"]], ap, **style)
         axes[1].plot([e["gmacs"] for e in m["exits"]], ap, **style)
+    for pyramid, points in per_depth(models).items():
+        style = dict(color=colours[pyramid], marker="*", markersize=11, ls=":", lw=2.5,
+                     label=f"{pyramid}: one model per depth (last exits)")
+        ap = [100 * p["AP"] for p in points]
+        axes[0].plot([p["repeats"] for p in points], ap, **style)
+        axes[1].plot([p["gmacs"] for p in points], ap, **style)
     axes[0].set_xlabel("pyramid networks run (exit)")
     axes[0].set_xticks(range(1, deepest + 1))
     axes[1].set_xlabel("GMACs per image")
@@ -65,8 +90,8 @@ def plot_scaling(models: list[dict], path: str | Path) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
-    fig.suptitle("AP against depth (the paper's Figure 8a in miniature): each line is the exits of one deeply "
-                 "supervised model", fontsize=10)
+    fig.suptitle("AP against depth (the paper's Figure 8a in miniature): a solid or dashed line is the exits of one "
+                 "deeply supervised model; a dotted one, one model per depth", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -125,6 +125,22 @@ def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path, capsys):
     assert "default model" in capsys.readouterr().err
 
 
+def test_one_model_per_depth_joins_the_last_exits_of_each_depth(tmp_path):
+    """The paper's Figure 8a point is a model's last exit at its depth: seeds of one depth are averaged, and a
+    pyramid with a single depth forms no line."""
+    from anytime.eval.scaling import per_depth, plot_scaling
+
+    def model(pyramid, aps):
+        return {"label": pyramid, "pyramid": pyramid, "repeats": len(aps),
+                "exits": [{"exit": i + 1, "AP": ap, "gmacs": 0.2 + 0.1 * i} for i, ap in enumerate(aps)]}
+
+    models = [model("nasfpn", [0.2, 0.3]), model("nasfpn", [0.22]), model("nasfpn", [0.2, 0.28]),
+              model("fpn-cells", [0.18, 0.2])]
+    assert per_depth(models) == {"nasfpn": [{"repeats": 1, "AP": 0.22, "gmacs": 0.2, "runs": 1},
+                                            {"repeats": 2, "AP": 0.29, "gmacs": 0.3, "runs": 2}]}
+    assert plot_scaling(models, tmp_path / "f.png").stat().st_size > 10_000
+
+
 def test_scaling_plots_ap_against_pyramids_and_gmacs(checkpoint, data_dir, tmp_path, capsys):
     """anytime scaling takes a checkpoint (evaluated here) and an eval report alike; GMACs grow with the exit. A
     report carries its model's config, so it plots after its checkpoint is gone; an older report without it is
@@ -141,8 +157,10 @@ def test_scaling_plots_ap_against_pyramids_and_gmacs(checkpoint, data_dir, tmp_p
     figure = tmp_path / "fig8a.png"
     assert main(["scaling", str(checkpoint), str(orphan), str(old), "--labels", "a,b,c", "--data", str(data_dir),
                  "--out", str(figure), "--json"]) == 0
-    models = json.loads(capsys.readouterr().out)["models"]
+    out = json.loads(capsys.readouterr().out)
+    models = out["models"]
     assert [m["label"] for m in models] == ["a", "b", "c"] and figure.stat().st_size > 10_000
+    assert out["per_depth"] == {}  # three models of one depth: no one-model-per-depth line
     a, b, c = models
     assert [e["AP"] for e in a["exits"]] == pytest.approx([e["AP"] for e in b["exits"]], abs=1e-6)
     assert [e["gmacs"] for e in a["exits"]] == [e["gmacs"] for e in b["exits"]] == [e["gmacs"] for e in c["exits"]]
