@@ -90,8 +90,8 @@ def plot_scaling(models: list[dict], path: str | Path) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
-    fig.suptitle("AP against depth (the paper's Figure 8a in miniature): a solid or dashed line is the exits of one "
-                 "deeply supervised model; a dotted one, one model per depth", fontsize=10)
+    fig.suptitle("AP against depth (the paper's Figure 8a in miniature)\na solid or dashed line is the exits of one "
+                 "deeply supervised model; a dotted one joins models trained at each depth", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
