@@ -84,16 +84,23 @@ def candidate_set(args, out: Path) -> dict:
 
 def read_truth(items: list[str]) -> dict:
     """label -> {"full_AP": [exit APs, mean over the reports], "full_runs": n, "full_spread": exit-4 max - min}.
-    An item is LABEL=FILE or FILE, whose label is its model's pyramid (the name ``--arch`` gives it)."""
+    An item is LABEL=FILE or FILE, whose label is its model's pyramid (the name ``--arch`` gives it). The ground
+    truth is the full recipe, so a model trained with another number of pyramids (``anytime train --pyramids N``,
+    Figure 8a's runs) is labelled PYRAMID-pN and matches no architecture unless named so."""
     import numpy as np
 
+    from anytime.config import CONFIG_DIR, load_model_config
     from anytime.search.ship import spread  # the re-training spread, as the ship rule measures it
 
+    recipe_depth = load_model_config(CONFIG_DIR / "default.json").repeats  # the full recipe's pyramids
     runs: dict[str, list[list[float]]] = {}
     for item in items:
         label, _, path = item.rpartition("=")
         report = json.loads(Path(path).read_text())
-        label = label or Path(report["model"]["pyramid"]).stem
+        if not label:
+            label = Path(report["model"]["pyramid"]).stem
+            if report["model"].get("repeats", recipe_depth) != recipe_depth:
+                label += f"-p{report['model']['repeats']}"
         runs.setdefault(label, []).append([e["AP"] for e in report["exits"]])
     return {label: {"full_AP": np.mean(aps, axis=0).round(4).tolist(), "full_runs": len(aps),
                     "full_spread": round(spread(aps), 4)} for label, aps in runs.items()}
