@@ -64,7 +64,7 @@ def plot_scaling(models: list[dict], path: str | Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 5.4), dpi=100)
+    fig = Figure(figsize=(10, 5.4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharey=True)
     colours = {p: f"C{i}" for i, p in enumerate(dict.fromkeys(m["pyramid"] for m in models))}
@@ -89,13 +89,12 @@ def plot_scaling(models: list[dict], path: str | Path) -> Path:
     axes[0].set_ylabel("COCO AP (%)")
     for ax in axes:
         ax.grid(alpha=0.3)
-    # Below both panels, not inside one: with several models per pyramid a legend inside covers the curves.
-    handles, labels = axes[0].get_legend_handles_labels()
-    rows = -(-len(labels) // 3)
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize="small", frameon=False)
+    # Below both panels, not inside one: with several models per pyramid a legend inside covers the curves. The
+    # constrained layout makes room for it, however many rows it takes.
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize="small",
+               frameon=False)
     fig.suptitle("AP against depth (the paper's Figure 8a in miniature)\na solid or dashed line is the exits of one "
                  "deeply supervised model; a dotted one joins models trained at each depth", fontsize=10)
-    fig.tight_layout(rect=(0, 0.045 * rows + 0.01, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
