@@ -111,6 +111,13 @@ def run(args: argparse.Namespace) -> int:
     # The shipped model by its place in the package, never this machine's absolute path.
     shown = args.checkpoint or str(DEFAULT_MODEL.relative_to(DEFAULT_MODEL.parents[2]))
     report.update(checkpoint=shown, split=args.split, out_dir=str(out_dir), model=model.cfg.to_dict())
+    # With the checkpoint's hash, ``anytime export`` takes each exit's AP from this report into the manifest (and
+    # from no report of another model): anytime.export.accuracy.
+    from anytime.export.repository import sha256_file
+
+    report["checkpoint_sha256"] = sha256_file(checkpoint)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=1))
     if args.json:
         print(json.dumps(report))
     else:

@@ -26,6 +26,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--max-stage-batch", type=int, default=8,
                    help="progressive model: requests one stage call may batch (1: no stage batching)")
+    p.add_argument("--ap-report", default=None,
+                   help="an `anytime eval` report of this checkpoint (report.json): each exit's AP for the manifest "
+                        "(default: <checkpoint>.eval.json or <checkpoint dir>/eval_val/report.json when one matches)")
     p.add_argument("--no-stages", action="store_true", help="per-exit models only, no progressive model")
     p.set_defaults(func=run_export)
 
@@ -49,10 +52,17 @@ def run_export(args) -> int:
     if args.instances < 1 or args.intra_op_threads < 0:
         raise UserError(f"--instances must be >= 1 and --intra-op-threads >= 0, got {args.instances} and "
                         f"{args.intra_op_threads}")
-    manifest = export_repository(model, meta, out, backend=args.backend, max_batch_size=args.max_batch_size,
-                                 instances=args.instances, intra_op_threads=args.intra_op_threads,
-                                 verify=not args.no_verify, stages=not args.no_stages,
-                                 max_stage_batch=args.max_stage_batch)
+    from anytime.export.accuracy import ReportMismatch
+
+    if args.ap_report and not Path(args.ap_report).is_file():
+        raise UserError(f"--ap-report: no such file: {args.ap_report}")
+    try:
+        manifest = export_repository(model, meta, out, backend=args.backend, max_batch_size=args.max_batch_size,
+                                     instances=args.instances, intra_op_threads=args.intra_op_threads,
+                                     verify=not args.no_verify, stages=not args.no_stages,
+                                     max_stage_batch=args.max_stage_batch, ap_report=args.ap_report)
+    except ReportMismatch as e:
+        raise UserError(str(e)) from None
     stages = f" and {len(manifest['progressive']['stages'])} stages" if manifest.get("progressive") else ""
     print(f"wrote {len(manifest['exits'])} exits{stages} to {out}/ ({args.backend} backend); manifest: {out / 'manifest.json'}")
     return 0

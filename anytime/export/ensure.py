@@ -13,7 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from anytime.export.repository import MANIFEST_NAME, read_manifest, refresh_runners, sha256_file
+from anytime.export.accuracy import find_ap, manifest_ap
+from anytime.export.repository import MANIFEST_NAME, read_manifest, refresh_runners, sha256_file, write_manifest
 
 
 class ExportFailed(RuntimeError):
@@ -52,6 +53,8 @@ def ensure_exported(repository: str | Path, checkpoint: str | Path, replace_stal
         replaced = refresh_runners(repository)
         if replaced:
             progress(f"{repository}/: updated the python runner of {', '.join(replaced)} to this version's")
+        if add_ap(repository, checkpoint):
+            progress(f"{repository}/: added each exit's AP to the manifest from this checkpoint's evaluation report")
         return repository
     progress(f"exporting {checkpoint} into {repository}/ (in a child process)")
     cmd = [sys.executable, "-m", "anytime", "export", "--checkpoint", str(checkpoint), "--out", str(repository)]
@@ -62,3 +65,22 @@ def ensure_exported(repository: str | Path, checkpoint: str | Path, replace_stal
         raise ExportFailed(f"exporting {checkpoint} into {repository}/ failed (`{' '.join(cmd)}` exited with "
                            f"status {code}; its error is above)")
     return repository
+
+
+def add_ap(repository: str | Path, checkpoint: str | Path) -> bool:
+    """Give an export made before manifests carried AP each exit's AP, when the repository holds ``checkpoint``
+    (by hash) and a report of it is found (``anytime.export.accuracy``). Whether the manifest changed."""
+    manifest = read_manifest(repository)
+    if manifest_ap(manifest) is not None or not Path(checkpoint).is_file():
+        return False
+    sha = manifest.get("checkpoint_sha256")
+    if sha is None or sha != sha256_file(checkpoint):
+        return False
+    ap, source = find_ap(checkpoint, sha, [e["exit"] for e in manifest["exits"]])
+    if ap is None:
+        return False
+    for e in manifest["exits"]:
+        e["ap"] = ap[e["exit"]]
+    manifest["ap_source"] = source
+    write_manifest(repository, manifest)
+    return True

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from anytime.export.accuracy import find_ap
 from anytime.export.onnx import INPUT_NAME, OUTPUT_NAMES, export_exit, export_features, export_head, served_graph
 from anytime.export.repository import (PROGRESSIVE_MODEL, ProgressiveModelConfig, features_file, head_file,
                                        model_name, read_manifest, sha256_file, write_manifest, write_model_dir,
@@ -28,10 +29,12 @@ MANIFEST_FORMAT = 1
 
 def export_repository(model, meta: dict, out: str | Path, *, backend: str = "python", max_batch_size: int = 8,
                       instances: int = 1, intra_op_threads: int | None = None, verify: bool = True,
-                      stages: bool = True, max_stage_batch: int = 8, progress=print) -> dict:
+                      stages: bool = True, max_stage_batch: int = 8, ap_report: str | Path | None = None,
+                      progress=print) -> dict:
     """Write every exit of ``model`` (and, with ``stages``, the progressive model of its stages) into the
     repository ``out`` and return the manifest. ``instances`` and ``intra_op_threads`` (None: the runtime's
-    default) configure each exit model."""
+    default) configure each exit model. Each exit's AP comes from an evaluation report of the checkpoint
+    (``ap_report``, else the places ``anytime.export.accuracy`` looks in); without one the manifest's AP is null."""
     from anytime.model.complexity import exit_costs
 
     out = Path(out)
@@ -79,6 +82,14 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
         suffix = stale.name[len(MODEL_PREFIX):]
         if suffix.isdigit() and int(suffix) > model.num_exits:
             shutil.rmtree(stale)
+    checkpoint_sha = sha256_file(meta["path"]) if meta.get("path") and Path(meta["path"]).is_file() else None
+    ap, ap_source = find_ap(meta["path"], checkpoint_sha, [e["exit"] for e in exits], ap_report) if meta.get(
+        "path") else (None, None)
+    for e in exits:
+        e["ap"] = ap[e["exit"]] if ap else None
+    if ap is None:
+        progress("no evaluation report of this checkpoint found: the manifest has no AP per exit "
+                 "(run `anytime eval --checkpoint ...`, then export again)")
     class_names = meta.get("class_names") or cfg.class_names or [f"class_{i}" for i in range(cfg.num_classes)]
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -95,7 +106,8 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
         "max_batch_size": max_batch_size,
         "model_config": cfg.to_dict(),
         "checkpoint": meta.get("path"),
-        "checkpoint_sha256": sha256_file(meta["path"]) if meta.get("path") and Path(meta["path"]).is_file() else None,
+        "checkpoint_sha256": checkpoint_sha,
+        "ap_source": ap_source,  # the evaluation report each exit's "ap" comes from
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # A profile measured for other weights would mislead the scheduler; keep it only for identical models.
         "latency_profile": (old or {}).get("latency_profile") if _same_models(old, exits) else None,
