@@ -33,7 +33,8 @@ def add_parsers(subparsers) -> None:
                     "half JPEG q85-95, half PNG, plus the photos pinned packages ship; COCO format, boxes scaled.")
     photos.add_argument("--data", type=str, default=str(DEFAULT_DATA_DIR), help="source set (default: %(default)s)")
     photos.add_argument("--out", type=str, default="data/photos", metavar="DIR", help="(default: %(default)s)")
-    photos.add_argument("--count", type=int, default=200, help="val images to take (default: %(default)s)")
+    photos.add_argument("--count", type=int, default=400,  # anytime.data.photos.PHOTO_COUNT
+                        help="val images to take (default: %(default)s)")
     photos.add_argument("--min-side", type=int, default=300)
     photos.add_argument("--max-side", type=int, default=1000)
     photos.add_argument("--seed", type=int, default=0)

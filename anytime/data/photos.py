@@ -40,7 +40,11 @@ def shipped_photos() -> list[Path]:
     return [path] if path.is_file() else []
 
 
-def build(data_dir, out=DEFAULT_OUT, count: int = 200, min_side: int = 300, max_side: int = 1000, seed: int = 0,
+# Images in the mix: the serving benchmarks send at least 300 distinct images per row (benchmarks/peers.py).
+PHOTO_COUNT = 400
+
+
+def build(data_dir, out=DEFAULT_OUT, count: int = PHOTO_COUNT, min_side: int = 300, max_side: int = 1000, seed: int = 0,
           progress: bool = False) -> Path:
     """Write the mix of ``count`` val images (plus the shipped photos) to ``out``; returns ``out``."""
     from tqdm import tqdm
@@ -89,9 +93,12 @@ def build(data_dir, out=DEFAULT_OUT, count: int = 200, min_side: int = 300, max_
 
 
 def ensure(data_dir, out=DEFAULT_OUT, **kwargs) -> Path:
-    """The mix at ``out``, built from ``data_dir`` first if it is not there."""
+    """The mix at ``out``, built from ``data_dir`` first if it is not there or holds fewer images than asked for
+    (a mix made when the default was smaller)."""
     out = Path(out)
-    if not (out / "annotations" / "instances_val.json").is_file():
+    ann = out / "annotations" / "instances_val.json"
+    count = kwargs.get("count", PHOTO_COUNT)
+    if not ann.is_file() or len(json.loads(ann.read_text())["images"]) < count:
         build(data_dir, out, **kwargs)
     return out
 
