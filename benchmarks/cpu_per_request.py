@@ -34,9 +34,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
+    """utime + stime of a process (all its threads), plus cutime + cstime (its children that ended and were waited
+    for: a short-lived helper the gateway starts still counts), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICK
 
 
 def children(pid: int) -> list[int]:
@@ -62,6 +63,12 @@ def resident_mb(pid: int) -> float:
 def process_names(stack) -> dict[str, int]:
     """name -> pid for the gateway, each tritonserver and each of its python stubs (by the model it serves)."""
     names = {"gateway": stack.gateway.pid}
+    # every process the gateway started counts as the gateway's (a decoding subprocess would otherwise go unseen)
+    todo = children(stack.gateway.pid)
+    while todo:
+        pid = todo.pop()
+        names[f"gateway child {pid}"] = pid
+        todo += children(pid)
     for k, t in enumerate(stack.tritons):
         names[f"tritonserver{k or ''}"] = t.pid
         for pid in children(t.pid):

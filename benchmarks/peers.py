@@ -92,13 +92,13 @@ async def run_way(way: str, records, payloads, triton_url: str, manifest: dict, 
 
         async with open_channel(gateway_address, aio=True) as channel:
             stub = pb_grpc.DetectorStub(channel)
-            await stub.GetModelInfo(pb.ModelInfoRequest(), timeout=10.0)  # connected before the clock starts
+            await stub.GetModelInfo(pb.ModelInfoRequest(), timeout=30.0)  # connected before the clock starts
             extra["wall_s"] = await run_trace(records, gateway_sender(stub, payloads))
         return extra
     client = DirectClient(triton_url, manifest)
     try:
         pixels, _, _ = client.prepare(payloads[0])
-        await client.infer(client.exits[0], pixels)  # connected before the clock starts
+        await client.infer(client.exits[0], pixels, timeout=30.0)  # connected before the clock starts
         if way == "slack":
             p95 = await client.idle_p95(pixels)
             extra["p95_ms"] = {str(e): v * 1e3 for e, v in p95.items()}
@@ -283,7 +283,9 @@ def main() -> int:
                 for name, ds in datasets.items()}
     results, t_d = [], {name: [] for name in datasets}
     http, grpc_port, metrics = free_ports(3)
-    triton = TritonServer(args.repository, http_port=http, grpc_port=grpc_port, metrics_port=metrics)
+    # supervised, as `anytime serve` runs it: a Triton that dies or hangs is restarted within seconds (the run says
+    # how often: each restart is an outage every way of serving in that row met)
+    triton = TritonServer(args.repository, http_port=http, grpc_port=grpc_port, metrics_port=metrics, restart=True)
     triton.start()
     started = time.time()
     try:
@@ -313,8 +315,10 @@ def main() -> int:
                                 address = stacks[way].address if way in stacks else None
                                 extra = asyncio.run(run_way(way, records, per_request, triton.grpc_url, manifest,
                                                             address))
+                                restarts = triton.restarts
                                 m = measures(records, ds.coco, ap)
-                                m.update(set=name, rep=rep, way=way, load=load, k=k, busy=busy, T=t, D=d, **extra)
+                                m.update(set=name, rep=rep, way=way, load=load, k=k, busy=busy, T=t, D=d,
+                                         triton_restarts=restarts, **extra)
                                 results.append(m)
                                 print(f"  {row_label(load, k, busy):24s} {way:9s} met {100 * m['met']:5.1f} %  "
                                       f"utility {m['utility']:.3f}  refused at once {m['refused_at_once']:3d}  "
@@ -329,7 +333,8 @@ def main() -> int:
     finally:
         triton.stop()
     rows_out = verdict(results, ways, peers, args.reps)
-    header = {"reps": args.reps, "T_D": t_d, "requests": args.requests, "ap": ap, "minutes": (time.time() - started) / 60}
+    header = {"reps": args.reps, "T_D": t_d, "triton_restarts": triton.restarts, "requests": args.requests, "ap": ap,
+              "minutes": (time.time() - started) / 60}
     md = table(rows_out, ways, peers, header)
     print("\n" + md)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,7 @@ class DirectClient:
     async def decode(self, data: bytes):
         return await asyncio.get_running_loop().run_in_executor(self.pool, self.prepare, data)
 
-    async def infer(self, exit: int, pixels: np.ndarray, timeout: float | None = None) -> dict:
+    async def infer(self, exit: int, pixels: np.ndarray, timeout: float = 30.0) -> dict:
         import tritonclient.grpc.aio as triton_aio
 
         inp = triton_aio.InferInput("images", list(pixels.shape), "UINT8")
@@ -112,7 +112,7 @@ class DirectClient:
                 record.status, record.error = "DEADLINE_EXCEEDED", "no time left after decoding"
                 return
             try:
-                outputs = await self.infer(chosen, pixels, timeout=remaining)
+                outputs = await self.infer(chosen, pixels, timeout=remaining)  # Triton cancels it after that
             except Exception as e:  # tritonclient raises InferenceServerException for timeouts and errors alike
                 status = getattr(e, "status", lambda: None)()
                 record.status = "DEADLINE_EXCEEDED" if status and "DEADLINE" in str(status) else (

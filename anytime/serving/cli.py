@@ -45,6 +45,12 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--margin-ms", type=float, default=None,
                    help="upfront: time reserved per request outside Triton (answer, transport; default: the "
                         "scheduler's, 5 ms, measured)")
+    p.add_argument("--planner", choices=["batch", "edf"], default="batch",
+                   help="upfront: batch (default): admission by the cheapest exit given the queue, the exit chosen at "
+                        "dispatch, ready requests for one exit batched into one call; edf: the older one-image-per-call "
+                        "scheduler with a safety reserve")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="upfront, batch planner: images per Triton call (default: the exit models' max_batch_size)")
     p.add_argument("--instances", type=int, default=None,
                    help="with no --triton: Triton instances of each exit model, i.e. calls run at once (default: as "
                         "exported, 2); --slots follows it unless given")
@@ -68,6 +74,8 @@ def run(args) -> int:
     from anytime.serving.gateway import GatewayConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.max_batch is not None and args.max_batch < 1:
+        raise UserError(f"--max-batch must be >= 1, got {args.max_batch}")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UserError("--tls-cert and --tls-key go together")
     repository = args.repository or DEFAULT_REPOSITORY
@@ -121,7 +129,8 @@ def run(args) -> int:
             **({} if args.decode_workers is None else {"decode_workers": args.decode_workers}),
             max_message_bytes=int(args.max_message_mb * 1024 * 1024),
             scheduler=SchedulerConfig(quantile=args.quantile, when_infeasible=args.when_infeasible,
-                                      slots_per_endpoint=args.slots,
+                                      slots_per_endpoint=args.slots, planner=args.planner,
+                                      max_batch=args.max_batch,
                                       **({} if args.margin_ms is None else {"margin_ms": args.margin_ms})))
         asyncio.run(_serve(config))
     return 0

@@ -25,6 +25,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
+from anytime.serving.batching import BatchScheduler
 from anytime.serving.latency import LatencyProfile
 from anytime.serving.measure import infer_exit, stream_progressive, time_calls, time_triton
 from anytime.serving.progressive import REFUSED
@@ -133,15 +134,31 @@ class Execution:
 
 
 class UpfrontExecution(Execution):
-    """One exit per request, chosen before it starts; the exit models, one call each."""
+    """One exit per request, chosen at dispatch; the exit models, one call per batch of ready requests
+    (``anytime.serving.batching``; ``SchedulerConfig.planner`` "edf": the older one-image-per-call scheduler)."""
 
     name = "upfront"
 
+    def __init__(self, gateway):
+        super().__init__(gateway)
+        sc = self.config.scheduler
+        self.batching = sc.planner == "batch"
+        model_max = int(gateway.manifest.get("max_batch_size") or 1)
+        self.max_batch = max(1, min(sc.max_batch or model_max, model_max)) if self.batching else 1
+
+    async def start(self) -> None:
+        await super().start()
+        if self.batching:  # the planner takes the profiles the calibration made; the EDF scheduler is replaced
+            self.scheduler = BatchScheduler(self.scheduler.profiles, self.config.scheduler, max_batch=self.max_batch,
+                                            decode_workers=self.config.decode_workers)
+
     async def calibrate(self, address: str, client) -> LatencyProfile:
         """The manifest's measured profile (``anytime profile``) when a quick spot check says the endpoint still
-        runs at that speed, else ``calibration_runs`` fresh calls per exit."""
+        runs at that speed, else ``calibration_runs`` fresh calls per exit; and, for batching, a few calls per exit
+        at each batch size the planner may send (powers of two up to ``max_batch``)."""
         g, c = self.gateway, self.config
         manifest = _manifest_samples(g.manifest, g.exits)
+        samples = None
         if manifest is not None:
             spot = await time_triton(client, g.models, g.image_size, c.spot_check_runs, warmup=2)
             off = {e: float(np.median(spot[e])) * 1e3 / float(np.median(manifest[e])) for e in g.exits}
@@ -149,14 +166,28 @@ class UpfrontExecution(Execution):
             if all(1 / c.spot_check_tolerance <= r <= c.spot_check_tolerance for r in off.values()):
                 log.info("endpoint %s: the manifest's latency profile holds (spot check / profile: %s)", address, ratios)
                 self.priors[address] = "manifest"
-                return LatencyProfile.from_samples(manifest, quantile=c.scheduler.quantile)
-            log.info("endpoint %s: the manifest's profile is off (spot check / profile: %s); calibrating", address,
-                     ratios)
-        samples = await time_triton(client, g.models, g.image_size, c.calibration_runs, warmup=5)
-        self.priors[address] = "calibrated"
-        _log_profile(address, samples)
-        return LatencyProfile.from_samples({e: [x * 1e3 for x in s] for e, s in samples.items()},
-                                           quantile=c.scheduler.quantile)
+                samples = manifest
+            else:
+                log.info("endpoint %s: the manifest's profile is off (spot check / profile: %s); calibrating", address,
+                         ratios)
+        if samples is None:
+            measured = await time_triton(client, g.models, g.image_size, c.calibration_runs, warmup=5)
+            self.priors[address] = "calibrated"
+            _log_profile(address, measured)
+            samples = {e: [x * 1e3 for x in s] for e, s in measured.items()}
+        prior = {e: {1: {"samples_ms": list(s)}} for e, s in samples.items()}
+        sizes = [b for b in (2, 4, 8, 16, 32) if b <= self.max_batch]
+        if self.max_batch > 1 and self.max_batch not in sizes:
+            sizes.append(self.max_batch)
+        for b in sizes:
+            per = await time_triton(client, g.models, g.image_size, runs=4, warmup=1, batch=b)
+            for e, s in per.items():
+                prior[e][b] = {"mean": float(np.mean(s)) * 1e3}
+        if sizes:
+            log.info("endpoint %s: batch latency (mean ms) %s", address, "; ".join(
+                f"exit {e}: " + ", ".join(f"b{b} {prior[e][b].get('mean', np.mean(prior[e][b].get('samples_ms', [0]))):.1f}"
+                                          for b in sorted(prior[e])) for e in sorted(prior)))
+        return LatencyProfile(prior, quantile=c.scheduler.quantile)
 
     def ready(self, req: Request) -> None:
         self.scheduler.mark_ready(req, time.monotonic())
@@ -174,29 +205,37 @@ class UpfrontExecution(Execution):
             g.metrics.shed.labels("expired").inc()
             settle(req.payload.future, exception=Failure(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "the budget ran out while the request waited for a slot"))
-        for a in started:
-            a.request.payload.dispatched = time.monotonic()
-            g.spawn(self._run(a))
+        now = time.monotonic()
+        for call in started:
+            members = getattr(call, "requests", None) or (call.request,)
+            for r in members:
+                r.payload.dispatched = now
+            g.metrics.batch_size.observe(len(members))
+            g.spawn(self._run(call, members))
         g.update_gauges()
 
-    async def _run(self, a) -> None:
-        pending: Pending = a.request.payload
+    async def _run(self, call, members) -> None:
         t0 = time.monotonic()
         censored = True  # a failed call still took this long at least: the profile learns that
         try:
-            # The Triton call may take until the request's deadline (plus a little, to still report it late).
-            timeout = max(a.request.deadline - t0, 0.0) + 1.0
-            outputs = await infer_exit(self.clients[a.endpoint], self.gateway.models[a.exit], pending.pixels, timeout)
+            # The Triton call may take until the last member's deadline (plus a little, to still report it late).
+            timeout = max(max(r.deadline for r in members) - t0, 0.0) + 1.0
+            pixels = members[0].payload.pixels if len(members) == 1 else np.concatenate(
+                [r.payload.pixels for r in members])
+            outputs = await infer_exit(self.clients[call.endpoint], self.gateway.models[call.exit], pixels, timeout)
             censored = False
-            settle(pending.future, result=(a.exit, a.endpoint, outputs))
+            for i, r in enumerate(members):  # each member its own row of every output
+                settle(r.payload.future, result=(call.exit, call.endpoint, {n: v[i:i + 1] for n, v in outputs.items()}))
         except InferenceServerException as e:
-            settle(pending.future, exception=triton_failure(self.gateway, a.endpoint, e))
+            for r in members:  # each member its own status
+                settle(r.payload.future, exception=triton_failure(self.gateway, call.endpoint, e))
         except Exception as e:  # never leave a caller waiting
-            settle(pending.future, exception=Failure(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
+            for r in members:
+                settle(r.payload.future, exception=Failure(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
         finally:
             now = time.monotonic()
-            latency = None if a.endpoint not in self.scheduler.available else now - t0  # refused: says nothing
-            self.scheduler.complete(a, now, latency, censored=censored)
+            latency = None if call.endpoint not in self.scheduler.available else now - t0  # refused: says nothing
+            self.scheduler.complete(call, now, latency, censored=censored)
             self.pump()
 
 

@@ -24,5 +24,7 @@ class GatewayMetrics:
         self.endpoint_up = Gauge("anytime_endpoint_up", "1 if the inference server answers", ["endpoint"], registry=r)
         self.loop_lag = Gauge("anytime_event_loop_lag_seconds", "Worst lateness of the gateway's event loop in "
                               "the last 2 s (progressive answers leave that much earlier)", registry=r)
+        self.batch_size = Histogram("anytime_batch_size", "Images per Triton call (upfront execution batches ready "
+                                    "requests for one exit)", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r)
         self.latency = Histogram("anytime_latency_seconds", "Time per stage", ["stage"], buckets=_LATENCY_BUCKETS,
                                  registry=r)

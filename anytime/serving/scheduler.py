@@ -116,12 +116,30 @@ class SchedulerConfig:
     # A dispatched request whose exits no longer fit at the planning quantile still runs its first exit when it
     # fits at the mean: an answer that is probably in time beats a certain expiry.
     rescue: bool = True
+    # Upfront execution's planner: "batch" (anytime.serving.batching: admission by the cheapest exit given the queue,
+    # exit chosen at dispatch, ready requests batched into one call) or "edf" (this module's Scheduler, one image
+    # per call, kept to compare against)
+    planner: str = "batch"
+    max_batch: int | None = None  # images per call with the batch planner (None: the exit models' max_batch_size)
 
     def __post_init__(self):
         if self.when_infeasible not in ("reject", "first_exit"):
             raise ValueError(f"when_infeasible must be 'reject' or 'first_exit', got {self.when_infeasible!r}")
+        if self.planner not in ("batch", "edf"):
+            raise ValueError(f"planner must be 'batch' or 'edf', got {self.planner!r}")
         if self.slots_per_endpoint < 1 or self.max_queue < 1:
             raise ValueError("slots_per_endpoint and max_queue must be >= 1")
+
+
+def allowed_exits(exits: list[int], req: Request, fixed_exit: int | None = None) -> list[int]:
+    """The exits ``req`` may take, shallowest first: within its min/max, and only ``fixed_exit`` (-1: the deepest)
+    when a baseline fixes one."""
+    hi = req.max_exit if req.max_exit is not None else exits[-1]
+    allowed = [e for e in exits if req.min_exit <= e <= hi]
+    if fixed_exit is not None:
+        fixed = exits[-1] if fixed_exit == -1 else fixed_exit
+        allowed = [e for e in allowed if e == fixed]
+    return allowed
 
 
 # (request, endpoint, exit) -> seconds; the greedy-with-true-latencies baseline passes the true service times here
@@ -148,12 +166,7 @@ class Scheduler:
 
     # -- the service-time model ------------------------------------------------------------------------
     def allowed_exits(self, req: Request) -> list[int]:
-        hi = req.max_exit if req.max_exit is not None else self.exits[-1]
-        allowed = [e for e in self.exits if req.min_exit <= e <= hi]
-        if self.config.fixed_exit is not None:
-            fixed = self.exits[-1] if self.config.fixed_exit == -1 else self.config.fixed_exit
-            allowed = [e for e in allowed if e == fixed]
-        return allowed
+        return allowed_exits(self.exits, req, self.config.fixed_exit)
 
     def service_time(self, req: Request, endpoint: str, exit: int, expected: bool = False) -> float:
         """Seconds the request would take on ``endpoint``: at the planning quantile plus the margin, or its mean

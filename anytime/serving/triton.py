@@ -215,6 +215,13 @@ class TritonConfig:
     restart_backoff_s: float = 0.5  # first delay; doubles per consecutive crash up to the max
     restart_backoff_max_s: float = 30.0
     stable_after_s: float = 60.0  # an instance that ran this long resets the backoff
+    # With ``restart``, a server that is alive but no longer serves is killed and restarted too (``_watch``): Triton
+    # 2.51 (PyPI's bundle) can abort in its gRPC frontend when clients cancel calls under load (a race fixed upstream
+    # in triton-inference-server/server#7840, r24.12), and its fatal-signal handler then hangs instead of exiting.
+    # It writes "Signal (N) received." first: that line kills it at once; a gRPC liveness check that fails this
+    # many times in a row (each waiting up to ``liveness_timeout_s``) catches any other hang.
+    liveness_failures: int = 3
+    liveness_timeout_s: float = 2.0
     cache_dir: Path | None = None  # where the prepared backends directory lives
     extra_args: tuple[str, ...] = ()
 
@@ -420,12 +427,18 @@ class TritonServer:
 
     def _supervise(self) -> None:
         backoff = self.config.restart_backoff_s
+        watch = _Watch(self)
         while not self._stopping.is_set():
             proc = self._proc
             try:
                 rc = proc.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
+                reason = watch.check(proc)
+                if reason and not self._stopping.is_set():
+                    self._note(f"tritonserver pid {proc.pid} {reason}: killing it")
+                    _killpg(proc.pid)
                 continue
+            watch.reset()
             if self._stopping.is_set():
                 return
             uptime = time.monotonic() - self._started_at
@@ -488,6 +501,77 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+FATAL_SIGNAL = b"Signal ("  # Triton's handler of SIGSEGV/SIGABRT writes "Signal (11) received." before it hangs
+
+
+class _Watch:
+    """The supervisor's check that a running server still serves: a fatal-signal line in its log since it was
+    spawned, or ``liveness_failures`` gRPC liveness checks in a row that fail (once it has answered one)."""
+
+    def __init__(self, server: "TritonServer", interval_s: float = 1.0):
+        self.server, self.interval_s = server, interval_s
+        self.reset()
+
+    def reset(self) -> None:
+        self.pid = None
+        self.offset = None
+        self.failures = 0
+        self.answered = False
+        self.next_check = 0.0
+
+    def check(self, proc: subprocess.Popen) -> str | None:
+        if proc.pid != self.pid:  # a new process: read its log from here on
+            self.reset()
+            self.pid = proc.pid
+            self.offset = self._log_size()
+        now = time.monotonic()
+        if now < self.next_check:
+            return None
+        self.next_check = now + self.interval_s
+        if self._fatal_line():
+            return "wrote a fatal signal to its log"
+        cfg = self.server.config
+        if self._live(cfg.liveness_timeout_s):
+            self.failures, self.answered = 0, True
+            return None
+        self.failures += self.answered
+        if self.failures >= cfg.liveness_failures:
+            return f"failed {self.failures} liveness checks in a row"
+        return None
+
+    def _log_size(self) -> int:
+        try:
+            return self.server.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    def _fatal_line(self) -> bool:
+        try:
+            with open(self.server.log_file, "rb") as f:
+                f.seek(self.offset)
+                new = f.read(1 << 20)
+        except OSError:
+            return False
+        # keep the tail of a partial line for the next read
+        cut = new.rfind(b"\n") + 1
+        self.offset += cut
+        return FATAL_SIGNAL in new[:cut] and b" received" in new[:cut]
+
+    def _live(self, timeout: float) -> bool:
+        import tritonclient.grpc as grpcclient
+
+        try:
+            client = grpcclient.InferenceServerClient(self.server.grpc_url)
+        except Exception:
+            return False
+        try:
+            return bool(client.is_server_live(client_timeout=timeout))
+        except Exception:
+            return False
+        finally:
+            client.close()
 
 
 def _killpg(pgid: int) -> None:

@@ -263,6 +263,39 @@ def test_supervisor_restarts_a_killed_server(server, reference):
         time.sleep(0.1)
 
 
+def _restarted_within(server, before: int, seconds: float) -> float:
+    t0 = time.monotonic()
+    while server.restarts <= before:
+        assert time.monotonic() - t0 < seconds, server.log_tail()
+        time.sleep(0.05)
+    server.wait_ready(60)
+    return time.monotonic() - t0
+
+
+def test_supervisor_restarts_a_server_that_hangs(server, reference):
+    """A process that is alive but answers nothing (stopped here; Triton 2.51's fatal-signal handler hangs like
+    this after a crash in its gRPC frontend) is killed after a few failed liveness checks and restarted."""
+    before, old_pid = server.restarts, server.pid
+    server.wait_ready(60)
+    time.sleep(1.5)  # the watch has seen it answer
+    os.kill(old_pid, signal.SIGSTOP)
+    _restarted_within(server, before, 30)
+    assert server.pid != old_pid
+    x = images(2, seed=6)
+    check(grpc_infer(server, MODELS[1], x), reference[MODELS[1]], x)
+
+
+def test_supervisor_restarts_a_server_that_logs_a_fatal_signal(server, reference):
+    """The line Triton writes when a fatal signal hits it kills it at once, without waiting for liveness checks."""
+    before, old_pid = server.restarts, server.pid
+    server.wait_ready(60)
+    time.sleep(1.5)
+    with open(server.log_file, "ab") as f:  # what Triton's handler writes (the server itself is fine here)
+        f.write(b"free(): corrupted unsorted chunks\nSignal (6) received.\n")
+    assert _restarted_within(server, before, 30) < 15
+    assert server.pid != old_pid
+
+
 def _live_members(pgid: int) -> list[int]:
     """Pids in process group ``pgid`` that are not zombies."""
     live = []
