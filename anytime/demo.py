@@ -5,8 +5,11 @@
 3. measure the stack end to end (capacity, and each exit's p99 at half of it) and choose budgets from that;
 4. stream the val split through the gateway at those budgets (and two tighter ones) at half capacity, then once at
    twice capacity;
-5. print the table (AP, budget met, latency, exits), a sentence on what was met, and write the plots to runs/demo/;
-6. stop everything it started.
+5. send the half-capacity traces straight to Triton too, with exit 1 and with the deepest exit (what a user without
+   the gateway would run), beside the gateway's rows;
+6. print the tables (AP, budget met, latency, exits; the peers beside the gateway), a sentence on what was met and
+   on every budget where a peer did better, and write the plots to runs/demo/;
+7. stop everything it started.
 """
 
 from __future__ import annotations
@@ -68,8 +71,12 @@ def run(args) -> int:
         _step(f"streaming {args.requests} val images per setting through the gateway")
         report = loadgen(stack.address, data, requests=args.requests, out=args.out, pairs=plan["pairs"],
                          extra={"plan": {k: v for k, v in plan.items() if k != "pairs"}})
+        _step("the same traces sent straight to Triton with exit 1 and with the deepest exit (the simplest peers)")
+        report["peers"] = peer_rows(stack, data, [p for p in plan["pairs"] if p[1] == plan["rate"]], args.requests)
+        write_report(report, args.out)
     _step("results")
     print(format_table(report))
+    print("\n" + format_peers(report))
     print("\n" + summary(report))
     print(f"\nplots and JSON in {args.out}/: {', '.join(Path(p).name for p in report['plots'])}, loadgen.json")
     print(f"demo finished in {time.perf_counter() - start:.0f} s; everything it started has stopped.")
@@ -128,6 +135,69 @@ def plan_settings(address: str, data, probe_requests: int = 100, load: float = 0
             "tight_budgets": tight, "pairs": pairs}
 
 
+def peer_rows(stack, data, pairs: list, requests: int, seed: int = 0) -> list[dict]:
+    """Each (budget, rate) of ``pairs`` sent straight to Triton by a careful user with one fixed exit (exit 1, and
+    the deepest), on the very trace the gateway got (``loadgen.plan_trace`` with the same seed): the rows
+    ``loadgen.evaluate_results`` makes, with ``way`` naming the peer. Each request's clock starts at its planned
+    arrival (``anytime.clients.direct.run_trace``)."""
+    import asyncio
+
+    from anytime.clients.detect import image_bytes
+    from anytime.clients.direct import DirectClient, run_trace
+    from anytime.clients.loadgen import SettingResult, evaluate_results, open_dataset, parse_budget, plan_trace
+    from anytime.export.repository import read_manifest
+
+    manifest = read_manifest(stack.repository)
+    exits = sorted(int(e["exit"]) for e in manifest["exits"])
+    dataset = open_dataset(data)
+    url = stack.tritons[0].grpc_url
+    n = min(requests, len(dataset))
+
+    async def run(exit, records, payloads):
+        client = DirectClient(url, manifest)
+        try:
+            pixels, _, _ = client.prepare(payloads[0])
+            await client.infer(exit, pixels)  # connected before the clock starts
+            return await run_trace(records, client.sender(payloads, exit=exit))
+        finally:
+            await client.close()
+
+    rows = []
+    for exit in sorted({exits[0], exits[-1]}):
+        for budget, rate in pairs:
+            records = plan_trace(dataset.ids, budget, rate, n, seed)
+            payloads = [image_bytes(dataset.image_dir / dataset.coco.imgs[r.image_id]["file_name"]) for r in records]
+            wall = asyncio.run(run(exit, records, payloads))
+            row = evaluate_results(SettingResult(url, parse_budget(budget), float(rate), seed, records, wall),
+                                   dataset.coco)
+            rows.append({**row, "way": f"exit {exit} direct"})
+    return rows
+
+
+def write_report(report: dict, out: Path) -> None:
+    """loadgen.json and the plots again, now with the peers' rows."""
+    import json
+
+    from anytime.clients.report import write_plots
+
+    report["plots"] = [str(p) for p in write_plots(report, out)]
+    (Path(out) / "loadgen.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def format_peers(report: dict) -> str:
+    """Per budget at half capacity: the gateway beside each peer, met % and AP at budget."""
+    peers = report.get("peers") or []
+    ways = sorted({p["way"] for p in peers})
+    lines = ["budget ms  rate/s  " + "  ".join(f"{w:>22s}" for w in ["gateway", *ways]) + "   (met % / AP %)"]
+    for s in report["settings"]:
+        mine = {p["way"]: p for p in peers if p["budget"] == s["budget"] and p["rate"] == s["rate"]}
+        if not mine:
+            continue
+        cells = [f"{100 * r['budget_met_rate']:5.1f} / {100 * (r['AP'] or 0):4.1f}" for r in [s, *(mine[w] for w in ways)]]
+        lines.append(f"{s['budget']:>9s}  {s['rate']:6g}  " + "  ".join(f"{c:>22s}" for c in cells))
+    return "\n".join(lines)
+
+
 def summary(report: dict) -> str:
     """One sentence on what was met: the promise at half capacity, and the overload row."""
     plan, settings = report["plan"], report["settings"]
@@ -144,6 +214,26 @@ def summary(report: dict) -> str:
         text += (" Tighter budgets (exit 1's p50 and p90 at this load, not promised): " + ", ".join(
             f"{s['budget']} ms {100 * s['budget_met_rate']:.1f} % met, AP {100 * (s['AP'] or 0):.1f}" for s in sweep)
             + ".")
-    return text + (f" At twice capacity ({over['rate']:g}/s, {over['budget']} ms): {refused} of {over['requests']} "
-                   f"refused at once (within 10 ms), {over['late']} late answers, "
-                   f"{100 * over['budget_met_rate']:.1f} % met.")
+    text += (f" At twice capacity ({over['rate']:g}/s, {over['budget']} ms): {refused} of {over['requests']} "
+             f"refused at once (within 10 ms), {over['late']} late answers, "
+             f"{100 * over['budget_met_rate']:.1f} % met.")
+    return text + " " + peers_sentence(report)
+
+
+def peers_sentence(report: dict) -> str:
+    """Every budget where a peer met more budgets or earned a higher AP than the gateway, named."""
+    peers = report.get("peers") or []
+    if not peers:
+        return ""
+    beaten = []
+    for s in report["settings"]:
+        for p in (p for p in peers if p["budget"] == s["budget"] and p["rate"] == s["rate"]):
+            what = [w for w, better in (("met more", p["budget_met_rate"] > s["budget_met_rate"]),
+                                        ("a higher AP", (p["AP"] or 0) > (s["AP"] or 0))) if better]
+            if what:
+                beaten.append(f"{s['budget']} ms ({p['way']} {' and '.join(what)}: "
+                              f"{100 * p['budget_met_rate']:.1f} % met, AP {100 * (p['AP'] or 0):.1f}, against "
+                              f"{100 * s['budget_met_rate']:.1f} % and {100 * (s['AP'] or 0):.1f})")
+    if not beaten:
+        return "Served straight to Triton with exit 1 or the deepest exit, no budget met more or earned a higher AP."
+    return "Where a peer did better than the gateway: " + "; ".join(beaten) + "."

@@ -85,7 +85,7 @@ async def run_way(way: str, records, payloads, triton_url: str, manifest: dict, 
     from anytime.clients.direct import DirectClient, gateway_sender, run_trace
 
     extra = {}
-    if way.startswith(GATEWAY) or way == "baseline":
+    if gateway_address is not None:  # the gateway, a variant of it, or the baseline checkout's
         from anytime.clients.detect import open_channel
         from anytime.serving.api import anytime_pb2 as pb
         from anytime.serving.api import anytime_pb2_grpc as pb_grpc
@@ -111,6 +111,25 @@ async def run_way(way: str, records, payloads, triton_url: str, manifest: dict, 
     return extra
 
 
+def run_way_again_after_an_outage(triton, way, records, payloads, manifest, address) -> dict:
+    """``run_way`` once Triton is ready; a way whose set-up (warm-up, slack's idle p95s) met a Triton restart
+    starts again on fresh records (the requests it sent so far are dropped: it runs the whole trace anew)."""
+    from anytime.clients.loadgen import RequestRecord
+
+    for attempt in range(3):
+        triton.wait_ready(120)
+        fresh = [RequestRecord(r.image_id, r.budget_ms, r.arrival_s) for r in records]
+        try:
+            extra = asyncio.run(run_way(way, fresh, payloads, triton.grpc_url, manifest, address))
+        except Exception as e:  # tritonclient's or grpc's error of a server that went away mid-set-up
+            print(f"    ({way}: {type(e).__name__} before its trace ran, Triton restarts so far {triton.restarts}; "
+                  "again)", flush=True)
+            continue
+        records[:] = fresh
+        return extra
+    raise RuntimeError(f"{way}: Triton kept failing ({triton.restarts} restarts)")
+
+
 def measures(records, coco, ap: dict[int, float]) -> dict:
     from anytime.clients.loadgen import REFUSED_AT_ONCE_MS
     from anytime.eval.coco_eval import coco_metrics
@@ -127,7 +146,11 @@ def measures(records, coco, ap: dict[int, float]) -> dict:
     for r in met:
         exits[str(r.exit)] = exits.get(str(r.exit), 0) + 1
     coco_ap = coco_metrics(coco, [d for r in met for d in r.detections], [r.image_id for r in records])["AP"]
-    return {"sent": n, "met": len(met) / n, "refused_at_once": refused, "late": n - len(met) - refused,
+    examples: dict[str, list[str]] = {}
+    for r in records:
+        if r.status != "OK" and len(examples.setdefault(r.status, [])) < 3:
+            examples[r.status].append(r.error[:160])
+    return {"sent": n, "met": len(met) / n, "examples": examples, "refused_at_once": refused, "late": n - len(met) - refused,
             "admitted_in_time": len(met) / (n - refused) if n > refused else None,
             "late_of_admitted": sum(1 for r in records if r.status == "OK" and not r.budget_met) / max(n - refused, 1),
             "utility": sum(ap[r.exit] for r in met) / n, "coco_ap": coco_ap, "exits_met": exits, "statuses": statuses}
@@ -301,6 +324,7 @@ def main() -> int:
             try:
                 order = ways[rep % len(ways):] + ways[:rep % len(ways)]
                 for name, ds in datasets.items():
+                    triton.wait_ready(120)
                     t, d = asyncio.run(t_and_d(triton.grpc_url, manifest, list(payloads[name].values())))
                     t_d[name].append((t, d))
                     print(f"\nrepetition {rep + 1}/{args.reps}, {name}: T {t:.1f} requests/s, D {d:.1f} ms "
@@ -313,8 +337,8 @@ def main() -> int:
                                 records = plan_trace(ds.ids, k * d, load * t, n, seed=args.seed + 1000 * rep + i)
                                 per_request = [payloads[name][r.image_id] for r in records]
                                 address = stacks[way].address if way in stacks else None
-                                extra = asyncio.run(run_way(way, records, per_request, triton.grpc_url, manifest,
-                                                            address))
+                                extra = run_way_again_after_an_outage(triton, way, records, per_request, manifest,
+                                                                      address)
                                 restarts = triton.restarts
                                 m = measures(records, ds.coco, ap)
                                 m.update(set=name, rep=rep, way=way, load=load, k=k, busy=busy, T=t, D=d,
@@ -322,7 +346,7 @@ def main() -> int:
                                 results.append(m)
                                 print(f"  {row_label(load, k, busy):24s} {way:9s} met {100 * m['met']:5.1f} %  "
                                       f"utility {m['utility']:.3f}  refused at once {m['refused_at_once']:3d}  "
-                                      f"late {m['late']:3d}  exits {m['exits_met']}", flush=True)
+                                      f"late {m['late']:3d}  exits {m['exits_met']}  {m['statuses']}", flush=True)
                         finally:
                             if neighbour is not None:
                                 neighbour.kill()

@@ -29,5 +29,14 @@ def test_demo_runs_end_to_end_on_the_default_model(tmp_path):
     assert all(s["requests"] == 24 and sum(s["status"].values()) == 24 for s in settings)
     assert all((out / name).stat().st_size > 10_000 for name in ("ap_vs_budget.png", "exit_histogram.png"))
     assert "budgets met:" in done.stdout and "refused at once" in done.stdout
+    # exit 1 and the deepest exit served straight from Triton, on the same half-capacity traces as the gateway
+    peers = report["peers"]
+    half = [s for s in settings if s["rate"] == plan["rate"]]
+    assert sorted({p["way"] for p in peers}) == ["exit 1 direct", "exit 4 direct"]
+    for way in ("exit 1 direct", "exit 4 direct"):
+        mine = [p for p in peers if p["way"] == way]
+        assert [(p["budget_ms"], p["rate"]) for p in mine] == [(s["budget_ms"], s["rate"]) for s in half]
+        assert all(sum(p["status"].values()) == 24 for p in mine)
+    assert "Where a peer did better than the gateway" in done.stdout or "no budget met more" in done.stdout
     assert "everything it started has stopped" in done.stdout
     assert (tmp_path / "repo" / "manifest.json").exists() and (tmp_path / "runs" / "logs").is_dir()

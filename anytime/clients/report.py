@@ -61,21 +61,31 @@ def plot_ap_vs_budget(report: dict, path: str | Path) -> Path:
     fig = _figure((6, 6))
     ax_ap, ax_met = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     rates = sorted({s["rate"] for s in report["settings"]})
+    peers = report.get("peers") or []
     for k, rate in enumerate(rates):
         rows = sorted((s for s in report["settings"] if s["rate"] == rate and s["budget_ms"] is not None),
                       key=lambda s: s["budget_ms"])
         x = [s["budget_ms"] for s in rows]
         colour = f"C{k}"
         ax_ap.plot(x, [100 * (s["AP"] or 0) for s in rows], marker="o", color=colour, label=f"{rate:g} req/s AP")
-        ax_ap.plot(x, [100 * (s["AP50"] or 0) for s in rows], marker="s", ls="--", color=colour, alpha=0.6,
-                   label=f"{rate:g} req/s AP50")
+        if not peers:
+            ax_ap.plot(x, [100 * (s["AP50"] or 0) for s in rows], marker="s", ls="--", color=colour, alpha=0.6,
+                       label=f"{rate:g} req/s AP50")
         ax_met.plot(x, [100 * s["budget_met_rate"] for s in rows], marker="o", color=colour, label=f"{rate:g} req/s")
+    # the simplest peers (Triton called directly with one fixed exit) on the same traces: grey, one marker each
+    for k, way in enumerate(sorted({p["way"] for p in peers})):
+        rows = sorted((p for p in peers if p["way"] == way and p["budget_ms"] is not None), key=lambda p: p["budget_ms"])
+        style = dict(color=f"{0.15 + 0.3 * k:.2f}", ls=":", marker="^v<>"[k % 4])
+        ax_ap.plot([p["budget_ms"] for p in rows], [100 * (p["AP"] or 0) for p in rows], label=f"{way} AP", **style)
+        ax_met.plot([p["budget_ms"] for p in rows], [100 * p["budget_met_rate"] for p in rows], label=way, **style)
     ax_ap.set_ylabel("COCO AP (%)")
     ax_ap.set_title(f"Accuracy within budget ({report['requests']} requests per point)")
     ax_ap.legend(fontsize="small")
     ax_met.set_ylabel("budget met (%)")
     ax_met.set_ylim(-5, 105)
     ax_met.set_xlabel("latency budget (ms)")
+    if peers:
+        ax_met.legend(fontsize="small")
     budgets = [s["budget_ms"] for s in report["settings"] if s["budget_ms"] is not None]
     if budgets and max(budgets) / min(budgets) > 20:  # e.g. 1 ms to 1 s: linear would squash the small ones
         ax_met.set_xscale("log")

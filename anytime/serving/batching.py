@@ -11,14 +11,18 @@ Pure logic on an injected clock, like ``anytime.serving.scheduler`` (whose ``Req
 
 - **Admission** (``admit``): a request is refused only when no exit, the cheapest included, can answer it in time
   *given the queue*: ``plan`` replays, at mean latencies, the admitted requests due before it (and it) being decoded
-  and then served in batches at their cheapest exits on the slots as they free. A request due earlier than queued
+  and then served in batches at their cheapest exits on the slots as they free (with no queue ahead, its decoding
+  may be a standard deviation faster than its mean). A request due earlier than queued
   ones is also refused when it would make one of them late that would otherwise be in time.
 - **Dispatch** (``dispatch``): when a slot is free and requests are ready, the earliest deadline leads a batch. The
   batch takes an even share of the ready requests over the free slots (so an idle stack runs requests side by side
   and a loaded one batches them), at most ``max_batch``; never waiting for batch-mates, so no member starts later
   than it would alone. Its exit is the deepest whose latency at the planning quantile, at that batch size, still
-  ends by the leader's deadline, unless a shallower one leaves fewer of the requests behind it late (``plan`` again).
-  A leader that no exit fits at the quantile runs its cheapest exit when that fits at the mean; else it expires.
+  ends by the leader's deadline, unless a shallower one leaves fewer of the requests behind it late (``plan`` again,
+  at the planning quantile: admission gives a request its chance at the mean; deepening a call must not take it
+  away).
+  A leader that no exit fits at the quantile runs its cheapest exit when that fits at the mean and no other
+  request is ready; else it expires.
 - **Latency** per (exit, batch size): the endpoint's ``LatencyProfile`` with a prior per batch size (measured at
   start-up), one noise factor learnt online from calls of every exit and size.
 """
@@ -97,12 +101,15 @@ class BatchScheduler:
             times += [now] * max(self.config.slots_per_endpoint - len(calls), 0)
         return sorted(times)
 
-    def plan(self, requests: list[Request], now: float, extra: Call | None = None) -> dict[int, float]:
+    def plan(self, requests: list[Request], now: float, extra: Call | None = None,
+             at_quantile: bool | None = None) -> dict[int, float]:
         """Expected finish time (answer built) of each of ``requests`` at its cheapest exit: they are decoded (the
         undecoded ones, earliest deadline first, on ``decode_workers`` threads) and then served earliest deadline
-        first, each freed slot taking a batch of those ready by then, at mean latencies (``extra``: a call about to
+        first, each freed slot taking a batch of those ready by then, at mean latencies, or at the planning quantile (``at_quantile``; default: ``plan_at``); ``extra``: a call about to
         start, counted as running)."""
         order = sorted(requests, key=lambda r: r.key)
+        if at_quantile is None:
+            at_quantile = self.config.plan_at == "quantile"
         decoders = [now] * self.decode_workers
         ready_at = {}
         for r in order:
@@ -110,7 +117,7 @@ class BatchScheduler:
                 ready_at[r.id] = now
             else:
                 t = heapq.heappop(decoders)
-                ready_at[r.id] = t + r.prep_expected
+                ready_at[r.id] = t + (r.prep if at_quantile else r.prep_expected)
                 heapq.heappush(decoders, ready_at[r.id])
         slots = self._slot_times(now, extra)
         heapq.heapify(slots)
@@ -126,7 +133,7 @@ class BatchScheduler:
                     ready_at[order[i + len(batch)].id] <= start:
                 batch.append(order[i + len(batch)])
             exit = max(self.allowed_exits(r)[0] for r in batch)
-            end = start + p.expected(exit, len(batch))
+            end = start + (p.predict(exit, len(batch)) if at_quantile else p.expected(exit, len(batch)))
             for r in batch:
                 finish[r.id] = end + self.margin()
             heapq.heappush(slots, end)
@@ -148,7 +155,7 @@ class BatchScheduler:
         for p in self.profiles.values():
             p.tick(now)
         alone = req.prep_expected + self.profiles[self._fastest()].expected(allowed[0]) + self.margin()
-        if alone > budget:
+        if alone - req.prep_variance ** 0.5 > budget:  # even with its decoding a deviation faster (see below)
             if self.config.when_infeasible != "first_exit":
                 decoding = f", decoding its image {req.prep_expected * 1e3:.1f} ms of it" if req.prep_expected else ""
                 raise Rejected(DEADLINE_EXCEEDED, f"a budget of {budget * 1e3:.1f} ms is below the fastest exit's "
@@ -161,7 +168,12 @@ class BatchScheduler:
             ahead = [r for r in queued if r.key < req.key]
             behind = [r for r in queued if r.key > req.key]
             finish = self.plan(ahead + [req], now)
-            if finish[req.id] > req.deadline:
+            # Without a queue to protect (fewer ahead than slots), a request whose own decoding may well be faster
+            # than its mean gets its chance: admitted when it fits with its decoding one standard deviation
+            # faster; if it turns out slow it expires at dispatch, having cost only its decoding, which an idle
+            # stack can spare. With a queue, the mean decides, so overload turns into refusals.
+            slack = req.prep_variance ** 0.5 if len(ahead) < self._slots() else 0.0
+            if finish[req.id] - slack > req.deadline:
                 raise Rejected(RESOURCE_EXHAUSTED, f"overloaded: its answer would come about "
                                                    f"{(finish[req.id] - now) * 1e3:.0f} ms after arrival, after the "
                                                    f"{len(ahead)} requests due before it, against a budget of "
@@ -194,6 +206,9 @@ class BatchScheduler:
         return len(self._waiting)
 
     # -- dispatch -------------------------------------------------------------------------------------------------
+    def _slots(self) -> int:
+        return self.config.slots_per_endpoint * max(len(self.available), 1)
+
     def free_slots(self) -> dict[str, int]:
         return {ep: self.config.slots_per_endpoint - len(self.busy[ep]) for ep in sorted(self.available)
                 if len(self.busy[ep]) < self.config.slots_per_endpoint}
@@ -250,8 +265,11 @@ class BatchScheduler:
             if size >= 1:
                 candidates.append((exit, (leader, *mates[: size - 1])))
         if not candidates:
+            # Rescue: its cheapest exit fits only at the mean. Run it when it takes a slot from nobody (no other
+            # request is ready): a probable answer beats a certain expiry, but under a queue the slot is better
+            # spent on a request that fits at the quantile.
             first = allowed[0]
-            if leader.best_effort or now + p.expected(first, 1) + self.margin() <= leader.deadline:
+            if leader.best_effort or not others and now + p.expected(first, 1) + self.margin() <= leader.deadline:
                 self.rescued += 0 if leader.best_effort else 1
                 return self._call((leader,), ep, first, now)
             return None
@@ -264,7 +282,7 @@ class BatchScheduler:
         for exit, members in candidates:  # deepest first
             call = self._call(members, ep, exit, now)
             behind = [r for r in rest if r not in members]
-            finish = self.plan(behind, now, extra=call) if behind else {}
+            finish = self.plan(behind, now, extra=call, at_quantile=True) if behind else {}
             late = sum(1 for r in behind if finish[r.id] > r.deadline)
             if best is None or late < best_late:
                 best, best_late = call, late

@@ -49,6 +49,9 @@ def _add_serve_parser(sub) -> None:
                    help="upfront: batch (default): admission by the cheapest exit given the queue, the exit chosen at "
                         "dispatch, ready requests for one exit batched into one call; edf: the older one-image-per-call "
                         "scheduler with a safety reserve")
+    p.add_argument("--plan-at", choices=["mean", "quantile"], default="mean",
+                   help="upfront, batch planner: replay the queue at mean latencies (default) or at the planning "
+                        "quantile (more conservative: fewer late answers, more refusals)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="upfront, batch planner: images per Triton call (default: the exit models' max_batch_size)")
     p.add_argument("--instances", type=int, default=None,
@@ -130,7 +133,7 @@ def run(args) -> int:
             max_message_bytes=int(args.max_message_mb * 1024 * 1024),
             scheduler=SchedulerConfig(quantile=args.quantile, when_infeasible=args.when_infeasible,
                                       slots_per_endpoint=args.slots, planner=args.planner,
-                                      max_batch=args.max_batch,
+                                      max_batch=args.max_batch, plan_at=args.plan_at,
                                       **({} if args.margin_ms is None else {"margin_ms": args.margin_ms})))
         asyncio.run(_serve(config))
     return 0

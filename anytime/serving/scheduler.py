@@ -121,10 +121,15 @@ class SchedulerConfig:
     # per call, kept to compare against)
     planner: str = "batch"
     max_batch: int | None = None  # images per call with the batch planner (None: the exit models' max_batch_size)
+    # The batch planner's replay of the queue (admission, and the requests behind a call at dispatch): at "mean"
+    # latencies and decoding times, or at the planning "quantile" (each call and decode at its p95)
+    plan_at: str = "mean"
 
     def __post_init__(self):
         if self.when_infeasible not in ("reject", "first_exit"):
             raise ValueError(f"when_infeasible must be 'reject' or 'first_exit', got {self.when_infeasible!r}")
+        if self.plan_at not in ("mean", "quantile"):
+            raise ValueError(f"plan_at must be 'mean' or 'quantile', got {self.plan_at!r}")
         if self.planner not in ("batch", "edf"):
             raise ValueError(f"planner must be 'batch' or 'edf', got {self.planner!r}")
         if self.slots_per_endpoint < 1 or self.max_queue < 1:

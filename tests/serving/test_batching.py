@@ -129,3 +129,24 @@ def test_cancelled_and_drained_requests_leave_the_queue():
     assert call.requests == (b,)
     c = ready(s, 100)
     assert s.drain() == [c] and s.queued == 0 and c.state == "gone"
+
+
+def test_a_rescue_never_takes_the_slot_from_a_request_that_fits():
+    p = LatencyProfile({1: {1: {"p50": 10, "p95": 20}}, 2: {1: {"p50": 15, "p95": 30}}})
+    s = BatchScheduler({"a": p}, SchedulerConfig(margin_ms=0.0, slots_per_endpoint=1))
+    doomed, fits = Request(deadline=0.015, arrival=0.0), Request(deadline=0.100, arrival=0.0)
+    s.submit(doomed, 0.0)
+    s.submit(fits, 0.0)
+    (call,), expired = s.dispatch(0.0)
+    assert expired == [doomed] and call.requests == (fits,) and s.rescued == 0
+
+
+def test_without_a_queue_a_slow_looking_image_gets_its_chance_but_not_behind_one():
+    s = planner(slots=1, max_batch=1)
+    # 12 ms of decoding (sd 4 ms) + 10 ms of exit 1 = 22 ms > 21 ms at the mean, 18 ms a deviation faster
+    alone = Request(deadline=0.021, arrival=0.0, prep_expected=0.012, prep_variance=0.004 ** 2)
+    s.admit(alone, 0.0)
+    assert s.queued == 1
+    behind = Request(deadline=0.031, arrival=0.0, prep_expected=0.012, prep_variance=0.004 ** 2)
+    with pytest.raises(Rejected):  # one ahead on the only slot: the mean decides (12 + 10 + 10 > 31)
+        s.admit(behind, 0.0)
