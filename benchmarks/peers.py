@@ -226,6 +226,26 @@ def table(rows: list[dict], ways: list[str], peers: list[str], header: dict) -> 
     return "\n".join(lines)
 
 
+def compact(rows: list[dict], ways: list[str], peers: list[str]) -> str:
+    """The verdict in one table (the README's): per row, each gateway way's met % / utility, the best peer for
+    each measure, and the median difference."""
+    gateways = [w for w in ways if w not in peers]
+    lines = ["| images | load, budget | " + " | ".join(f"{g}: met / utility" for g in gateways)
+             + " | best peer: met | best peer: utility | " + " | ".join(f"{g} - best peer" for g in gateways) + " |",
+             "|---|---|" + "---|" * (2 * len(gateways) + 2)]
+    for r in rows:
+        w = r["ways"]
+        best_met = max(peers, key=lambda p: w[p]["met"])
+        best_u = max(peers, key=lambda p: w[p]["utility"])
+        cells = [f"{100 * w[g]['met']:.1f} / {w[g]['utility']:.3f}" for g in gateways]
+        cells += [f"{100 * w[best_met]['met']:.1f} ({best_met})", f"{w[best_u]['utility']:.3f} ({best_u})"]
+        for g in gateways:
+            v = r["vs_best_peer"].get(g)
+            cells.append(f"{100 * v['met']['median']:+.1f} / {v['utility']['median']:+.3f}" if v else "-")
+        lines.append(f"| {r['set']} | {row_label(r['load'], r['k'], r['busy'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], ways: list[str], peers: list[str], image_set: str, path: Path) -> Path:
     """Met against utility, one point per way per row, the peers' frontier (their Pareto-best points) drawn."""
     import matplotlib
@@ -311,6 +331,8 @@ def main() -> int:
     triton = TritonServer(args.repository, http_port=http, grpc_port=grpc_port, metrics_port=metrics, restart=True)
     triton.start()
     started = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "peers.partial.json"
     try:
         triton.wait_ready(120)
         for rep in range(args.reps):
@@ -344,6 +366,7 @@ def main() -> int:
                                 m.update(set=name, rep=rep, way=way, load=load, k=k, busy=busy, T=t, D=d,
                                          triton_restarts=restarts, **extra)
                                 results.append(m)
+                                partial.write_text(json.dumps({"runs": results}))  # a crash keeps what ran
                                 print(f"  {row_label(load, k, busy):24s} {way:9s} met {100 * m['met']:5.1f} %  "
                                       f"utility {m['utility']:.3f}  refused at once {m['refused_at_once']:3d}  "
                                       f"late {m['late']:3d}  exits {m['exits_met']}  {m['statuses']}", flush=True)
@@ -354,6 +377,8 @@ def main() -> int:
             finally:
                 for stack in stacks.values():
                     stack.stop_gateway()
+    except Exception as e:  # report what ran: a verdict over fewer repetitions beats none
+        print(f"\nstopped early: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr, flush=True)
     finally:
         triton.stop()
     rows_out = verdict(results, ways, peers, args.reps)
@@ -363,7 +388,9 @@ def main() -> int:
     print("\n" + md)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "peers.json").write_text(json.dumps({"header": header, "rows": rows_out, "runs": results}, indent=1))
-    (args.out / "peers.md").write_text(md + "\n")
+    short = compact(rows_out, ways, peers)
+    print("\n" + short)
+    (args.out / "peers.md").write_text(md + "\n\n" + short + "\n")
     for name in datasets:
         for folder in [args.out] + ([args.plots_to] if args.plots_to else []):
             print(f"picture: {plot(rows_out, ways, peers, name, folder / f'peers-{name}.png')}")

@@ -508,7 +508,8 @@ FATAL_SIGNAL = b"Signal ("  # Triton's handler of SIGSEGV/SIGABRT writes "Signal
 
 class _Watch:
     """The supervisor's check that a running server still serves: a fatal-signal line in its log since it was
-    spawned, or ``liveness_failures`` gRPC liveness checks in a row that fail (once it has answered one)."""
+    spawned, ``liveness_failures`` gRPC liveness checks in a row that fail (once it has answered one), or no
+    readiness ``ready_timeout_s`` after it started."""
 
     def __init__(self, server: "TritonServer", interval_s: float = 1.0):
         self.server, self.interval_s = server, interval_s
@@ -519,6 +520,7 @@ class _Watch:
         self.offset = None
         self.failures = 0
         self.answered = False
+        self.ready_seen = False
         self.next_check = 0.0
 
     def check(self, proc: subprocess.Popen) -> str | None:
@@ -533,7 +535,12 @@ class _Watch:
         if self._fatal_line():
             return "wrote a fatal signal to its log"
         cfg = self.server.config
-        if self._live(cfg.liveness_timeout_s):
+        if not self.ready_seen:  # a restart whose models never finish loading (a stub stuck at start) is a hang too
+            if self._ask("is_server_ready", cfg.liveness_timeout_s):
+                self.ready_seen = True
+            elif now - self.server._started_at > cfg.ready_timeout_s:
+                return f"was not ready {cfg.ready_timeout_s:.0f} s after it started"
+        if self._ask("is_server_live", cfg.liveness_timeout_s):
             self.failures, self.answered = 0, True
             return None
         self.failures += self.answered
@@ -559,7 +566,7 @@ class _Watch:
         self.offset += cut
         return FATAL_SIGNAL in new[:cut] and b" received" in new[:cut]
 
-    def _live(self, timeout: float) -> bool:
+    def _ask(self, question: str, timeout: float) -> bool:
         import tritonclient.grpc as grpcclient
 
         try:
@@ -567,7 +574,7 @@ class _Watch:
         except Exception:
             return False
         try:
-            return bool(client.is_server_live(client_timeout=timeout))
+            return bool(getattr(client, question)(client_timeout=timeout))
         except Exception:
             return False
         finally:
