@@ -45,10 +45,10 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--margin-ms", type=float, default=None,
                    help="upfront: time reserved per request outside Triton (answer, transport; default: the "
                         "scheduler's, 5 ms, measured)")
-    p.add_argument("--planner", choices=["batch", "edf"], default="batch",
-                   help="upfront: batch (default): admission by the cheapest exit given the queue, the exit chosen at "
-                        "dispatch, ready requests for one exit batched into one call; edf: the older one-image-per-call "
-                        "scheduler with a safety reserve")
+    p.add_argument("--planner", choices=["edf", "batch"], default="edf",
+                   help="upfront: edf (default): one image per call, exits planned earliest deadline first with a "
+                        "safety reserve; batch: admission by the cheapest exit given the queue, the exit chosen at "
+                        "dispatch, ready requests for one exit batched into one call")
     p.add_argument("--plan-at", choices=["mean", "quantile"], default="mean",
                    help="upfront, batch planner: replay the queue at mean latencies (default) or at the planning "
                         "quantile (more conservative: fewer late answers, more refusals)")

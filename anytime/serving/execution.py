@@ -134,8 +134,9 @@ class Execution:
 
 
 class UpfrontExecution(Execution):
-    """One exit per request, chosen at dispatch; the exit models, one call per batch of ready requests
-    (``anytime.serving.batching``; ``SchedulerConfig.planner`` "edf": the older one-image-per-call scheduler)."""
+    """One exit per request; the exit models. ``SchedulerConfig.planner`` "edf" (the default): one call per request,
+    its exit planned by ``anytime.serving.scheduler``; "batch": one call per batch of ready requests, the exit chosen
+    at dispatch (``anytime.serving.batching``)."""
 
     name = "upfront"
 

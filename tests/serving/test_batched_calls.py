@@ -43,7 +43,7 @@ def gateway(model, tmp_path_factory):
         thread = threading.Thread(target=loop.run_forever, daemon=True)
         thread.start()
         config = GatewayConfig(repository=repo, endpoints=[triton.grpc_url], port=0, calibration_runs=5,
-                               scheduler=SchedulerConfig(slots_per_endpoint=1))
+                               scheduler=SchedulerConfig(slots_per_endpoint=1, planner="batch"))
         g = asyncio.run_coroutine_threadsafe(Gateway(config).start(), loop).result(120)
         g.repo = repo
         try:
