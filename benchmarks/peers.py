@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving_goals import _pythonpath, busy_loop  # noqa: E402  (benchmarks/ is not a package)
+from serving_goals import _pythonpath, neighbour  # noqa: E402  (benchmarks/ is not a package)
 
 # (load as a share of T, budget in units of D, one core busy)
 ROWS = ((0.5, 3.0, False), (0.8, 3.0, False), (0.5, 1.5, False), (0.5, 2.0, True), (1.5, 3.0, False))
@@ -353,8 +353,7 @@ def main() -> int:
                           f"(exit 4 direct)", flush=True)
                     for i, (load, k, busy) in enumerate(rows):
                         n = min(args.requests, len(ds))
-                        neighbour = busy_loop() if busy else None
-                        try:
+                        with neighbour(busy):
                             for way in order:
                                 records = plan_trace(ds.ids, k * d, load * t, n, seed=args.seed + 1000 * rep + i)
                                 per_request = [payloads[name][r.image_id] for r in records]
@@ -370,10 +369,6 @@ def main() -> int:
                                 print(f"  {row_label(load, k, busy):24s} {way:9s} met {100 * m['met']:5.1f} %  "
                                       f"utility {m['utility']:.3f}  refused at once {m['refused_at_once']:3d}  "
                                       f"late {m['late']:3d}  exits {m['exits_met']}  {m['statuses']}", flush=True)
-                        finally:
-                            if neighbour is not None:
-                                neighbour.kill()
-                                neighbour.wait()
             finally:
                 for stack in stacks.values():
                     stack.stop_gateway()

@@ -90,6 +90,18 @@ def busy_loop() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
+@contextlib.contextmanager
+def neighbour(busy: bool):
+    """A busy loop on one core for the duration of the block, when ``busy``."""
+    process = busy_loop() if busy else None
+    try:
+        yield
+    finally:
+        if process is not None:
+            process.kill()
+            process.wait()
+
+
 def main() -> int:
     from anytime.data import photos
 
@@ -153,8 +165,7 @@ def main() -> int:
             rows = [(load, k, False) for load, k in chosen] + ([(*BUSY_ROW, True)] if args.busy else [])
             for i, (load, k, busy) in enumerate(rows):
                 order = executions if i % 2 == 0 else executions[::-1]
-                neighbour = busy_loop() if busy else None
-                try:
+                with neighbour(busy):
                     for e in order:
                         r = run_row(stacks[e].address, dataset, k * d, load * t, min(args.requests, len(dataset)),
                                     args.seed + i)
@@ -164,10 +175,6 @@ def main() -> int:
                               f"met {100 * r['budget_met_rate']:5.1f}%, refused at once {r['refused_at_once']}, "
                               f"admitted in time {100 * (r['admitted_in_time_rate'] or 0):5.1f}%, late {r['late']}, "
                               f"exits {r['exits']}, {r['outcomes']}", flush=True)
-                finally:
-                    if neighbour is not None:
-                        neighbour.kill()
-                        neighbour.wait()
     finally:
         for s in stacks.values():
             s.stop()

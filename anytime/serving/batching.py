@@ -35,8 +35,8 @@ import math
 from dataclasses import dataclass, field
 
 from anytime.serving.latency import LatencyProfile
-from anytime.serving.scheduler import (DEADLINE_EXCEEDED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, Rejected,
-                                       Request, SchedulerConfig, allowed_exits)
+from anytime.serving.scheduler import (DEADLINE_EXCEEDED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, Readiness,
+                                       Rejected, Request, SchedulerConfig, allowed_exits)
 
 _calls = itertools.count()
 
@@ -58,7 +58,7 @@ class Call:
         return len(self.requests)
 
 
-class BatchScheduler:
+class BatchScheduler(Readiness):
     """Admission, batching and exit choice for upfront execution; times in seconds on the caller's clock."""
 
     def __init__(self, profiles: dict[str, LatencyProfile], config: SchedulerConfig | None = None,
@@ -190,16 +190,6 @@ class BatchScheduler:
     def prepared(self, req: Request, now: float) -> None:
         """Its input is prepared: no decoding left to plan for it."""
         req.prep = req.prep_expected = req.prep_variance = 0.0
-
-    def mark_ready(self, req: Request, now: float) -> None:
-        if req.state == "queued" and not req.ready:
-            self.prepared(req, now)
-            req.ready = True
-            heapq.heappush(self._ready, (req.deadline, req.id, req))
-
-    def submit(self, req: Request, now: float) -> None:
-        self.admit(req, now)
-        self.mark_ready(req, now)
 
     @property
     def queued(self) -> int:

@@ -152,7 +152,24 @@ def allowed_exits(exits: list[int], req: Request, fixed_exit: int | None = None)
 LatencyFn = Callable[[Request, str, int], float]
 
 
-class Scheduler:
+class Readiness:
+    """What every planner does once an admitted request's input is prepared: it joins the ready heap (earliest
+    deadline first), from which dispatch takes it. Needs ``_ready``, ``admit`` and ``prepared``."""
+
+    def mark_ready(self, req: Request, now: float) -> None:
+        """The request's input is prepared: it may be dispatched from now on."""
+        if req.state == "queued" and not req.ready:
+            self.prepared(req, now)
+            req.ready = True
+            heapq.heappush(self._ready, (req.deadline, req.id, req))
+
+    def submit(self, req: Request, now: float) -> None:
+        """``admit`` and ``mark_ready`` at once (a request with nothing to prepare)."""
+        self.admit(req, now)
+        self.mark_ready(req, now)
+
+
+class Scheduler(Readiness):
     def __init__(self, profiles: dict[str, LatencyProfile], config: SchedulerConfig | None = None,
                  latency_fn: LatencyFn | None = None):
         if not profiles:
@@ -360,18 +377,6 @@ class Scheduler:
             self._remove(req)
             req.prep = req.prep_expected = req.prep_variance = 0.0
             self._insert(req, ref, m)
-
-    def mark_ready(self, req: Request, now: float) -> None:
-        """The request's input is prepared: it may be dispatched from now on."""
-        if req.state == "queued" and not req.ready:
-            self.prepared(req, now)
-            req.ready = True
-            heapq.heappush(self._ready, (req.deadline, req.id, req))
-
-    def submit(self, req: Request, now: float) -> None:
-        """``admit`` and ``mark_ready`` at once (a request with nothing to prepare)."""
-        self.admit(req, now)
-        self.mark_ready(req, now)
 
     @property
     def queued(self) -> int:
