@@ -1,11 +1,11 @@
 """The upfront gateway's planner: admission by the cheapest exit, the exit chosen at dispatch with the time actually
 left, and ready requests for one exit sent to Triton as one batch.
 
-Why it replaced the EDF scheduler for upfront execution (issue "The scheduler earns its place",
-``benchmarks/peers.py``): a user who calls Triton's exit models directly gets Triton's dynamic batching for free and
-refuses nothing. The EDF scheduler sent one image per call, kept 1.64 standard deviations of the whole queue in
-reserve and planned at admission: it refused requests that exit 1 direct answered in time, and had half the
-inference capacity of a direct client under load.
+Why it was built (issue "The scheduler earns its place", ``benchmarks/peers.py``): a user who calls Triton's exit
+models directly gets Triton's dynamic batching for free and refuses nothing. The EDF scheduler sends one image per
+call, keeps 1.64 standard deviations of the whole queue in reserve and plans at admission: it refused requests that
+exit 1 direct answered in time. ``--planner batch`` selects this planner; EDF stays the default, since on
+``benchmarks/peers.py`` the two met the same budgets over its ten rows (docs/results.md).
 
 Pure logic on an injected clock, like ``anytime.serving.scheduler`` (whose ``Request`` it plans):
 
@@ -35,8 +35,8 @@ import math
 from dataclasses import dataclass, field
 
 from anytime.serving.latency import LatencyProfile
-from anytime.serving.scheduler import (DEADLINE_EXCEEDED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, Readiness,
-                                       Rejected, Request, SchedulerConfig, allowed_exits)
+from anytime.serving.scheduler import (DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, Readiness, Rejected, Request,
+                                       SchedulerConfig, allowed_exits)
 
 _calls = itertools.count()
 
@@ -105,8 +105,9 @@ class BatchScheduler(Readiness):
              at_quantile: bool | None = None) -> dict[int, float]:
         """Expected finish time (answer built) of each of ``requests`` at its cheapest exit: they are decoded (the
         undecoded ones, earliest deadline first, on ``decode_workers`` threads) and then served earliest deadline
-        first, each freed slot taking a batch of those ready by then, at mean latencies, or at the planning quantile (``at_quantile``; default: ``plan_at``); ``extra``: a call about to
-        start, counted as running)."""
+        first, each freed slot taking a batch of those ready by then, at mean latencies or, with ``at_quantile``
+        (default: ``SchedulerConfig.plan_at``), at the planning quantile. ``extra``: a call about to start, counted
+        as running."""
         order = sorted(requests, key=lambda r: r.key)
         if at_quantile is None:
             at_quantile = self.config.plan_at == "quantile"
@@ -143,15 +144,7 @@ class BatchScheduler(Readiness):
     # -- admission ----------------------------------------------------------------------------------------------
     def admit(self, req: Request, now: float) -> None:
         """Reserve the request's place, or raise ``Rejected``. It runs once ``mark_ready``."""
-        allowed = self.allowed_exits(req)
-        if not allowed:
-            raise Rejected(INVALID_ARGUMENT, f"no exit between min_exit={req.min_exit} and max_exit={req.max_exit}; "
-                                             f"this model has exits {self.exits[0]}..{self.exits[-1]}")
-        if not self.available:
-            raise Rejected(UNAVAILABLE, "no inference server is reachable right now")
-        budget = req.deadline - now
-        if budget <= 0:
-            raise Rejected(DEADLINE_EXCEEDED, "the deadline had passed before the request was scheduled")
+        allowed, budget = self.admissible(req, now)
         for p in self.profiles.values():
             p.tick(now)
         alone = req.prep_expected + self.profiles[self._fastest()].expected(allowed[0]) + self.margin()

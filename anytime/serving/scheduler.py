@@ -153,8 +153,23 @@ LatencyFn = Callable[[Request, str, int], float]
 
 
 class Readiness:
-    """What every planner does once an admitted request's input is prepared: it joins the ready heap (earliest
-    deadline first), from which dispatch takes it. Needs ``_ready``, ``admit`` and ``prepared``."""
+    """What every planner shares: the checks before admission proper, and what happens once an admitted request's
+    input is prepared (it joins the ready heap, earliest deadline first, from which dispatch takes it). Needs
+    ``exits``, ``available``, ``allowed_exits``, ``_ready``, ``admit`` and ``prepared``."""
+
+    def admissible(self, req: Request, now: float) -> tuple[list[int], float]:
+        """(its allowed exits, its budget in seconds), or ``Rejected``: no exit in its range, no endpoint, or a
+        deadline already passed."""
+        allowed = self.allowed_exits(req)
+        if not allowed:
+            raise Rejected(INVALID_ARGUMENT, f"no exit between min_exit={req.min_exit} and max_exit={req.max_exit}; "
+                                             f"this model has exits {self.exits[0]}..{self.exits[-1]}")
+        if not self.available:
+            raise Rejected(UNAVAILABLE, "no inference server is reachable right now")
+        budget = req.deadline - now
+        if budget <= 0:
+            raise Rejected(DEADLINE_EXCEEDED, "the deadline had passed before the request was scheduled")
+        return allowed, budget
 
     def mark_ready(self, req: Request, now: float) -> None:
         """The request's input is prepared: it may be dispatched from now on."""
@@ -333,15 +348,7 @@ class Scheduler(Readiness):
     # -- admission --------------------------------------------------------------------------------------
     def admit(self, req: Request, now: float) -> None:
         """Reserve the request's place in the queue, or raise ``Rejected``. It runs once ``mark_ready``."""
-        allowed = self.allowed_exits(req)
-        if not allowed:
-            raise Rejected(INVALID_ARGUMENT, f"no exit between min_exit={req.min_exit} and max_exit={req.max_exit}; "
-                                             f"this model has exits {self.exits[0]}..{self.exits[-1]}")
-        if not self.available:
-            raise Rejected(UNAVAILABLE, "no inference server is reachable right now")
-        budget = req.deadline - now
-        if budget <= 0:
-            raise Rejected(DEADLINE_EXCEEDED, "the deadline had passed before the request was scheduled")
+        allowed, budget = self.admissible(req, now)
         ref, _, m = self._tick(now)
         fastest = self.fastest(req)
         if fastest > budget:
