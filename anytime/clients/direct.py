@@ -25,10 +25,10 @@ from typing import Awaitable, Callable
 import grpc
 import numpy as np
 
-from anytime.clients.loadgen import DEADLINE_SLACK_MS, RequestRecord
-from anytime.imaging import boxes_to_original, letterbox, open_image
-
-OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
+from anytime.clients.loadgen import DEADLINE_SLACK_MS, RequestRecord, coco_results
+from anytime.imaging import boxes_to_original, open_image
+from anytime.serving.gateway import GatewayConfig, prepare
+from anytime.serving.measure import infer_exit
 # send(k, record, seconds left) -> fills the record (status, exit, detections); its clock is run_trace's
 Sender = Callable[[int, RequestRecord, float], Awaitable[None]]
 
@@ -66,22 +66,13 @@ class DirectClient:
 
     def prepare(self, data: bytes) -> tuple[np.ndarray, float, tuple[int, int]]:
         """Encoded bytes -> model input [1, 3, S, S], letterbox scale, original (h, w): the gateway's transform."""
-        image = open_image(data)
-        size = (image.height, image.width)
-        pixels, scale = letterbox(image, self.image_size)
-        return pixels[None], scale, size
+        return prepare(open_image(data), self.image_size, GatewayConfig.max_image_pixels)
 
     async def decode(self, data: bytes):
         return await asyncio.get_running_loop().run_in_executor(self.pool, self.prepare, data)
 
     async def infer(self, exit: int, pixels: np.ndarray, timeout: float = 30.0) -> dict:
-        import tritonclient.grpc.aio as triton_aio
-
-        inp = triton_aio.InferInput("images", list(pixels.shape), "UINT8")
-        inp.set_data_from_numpy(pixels)
-        result = await self.client.infer(self.models[exit], [inp], client_timeout=timeout,
-                                         outputs=[triton_aio.InferRequestedOutput(n) for n in OUTPUT_NAMES])
-        return {n: result.as_numpy(n) for n in OUTPUT_NAMES}
+        return await infer_exit(self.client, self.models[exit], pixels, timeout)
 
     async def idle_p95(self, pixels: np.ndarray, warmup: int = 5, runs: int = 12) -> dict[int, float]:
         """Seconds: the p95 of ``runs`` idle batch-1 calls per exit after ``warmup`` (what slack direct plans with)."""
@@ -140,9 +131,7 @@ def gateway_sender(stub, payloads: list[bytes]) -> Sender:
             return
         record.status, record.exit = "OK", int(response.exit)
         record.server_budget_met = bool(response.budget_met)
-        record.detections = [{"image_id": record.image_id, "category_id": int(d.category_id),
-                              "bbox": [round(d.x1, 2), round(d.y1, 2), round(d.x2 - d.x1, 2), round(d.y2 - d.y1, 2)],
-                              "score": round(float(d.score), 5)} for d in response.detections]
+        record.detections = coco_results(response, record.image_id)
 
     return send
 

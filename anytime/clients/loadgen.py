@@ -121,7 +121,8 @@ class SettingResult:
     duration_s: float
 
 
-def _detections(response: pb.DetectResponse, image_id: int) -> list[dict]:
+def coco_results(response: pb.DetectResponse, image_id: int) -> list[dict]:
+    """A gateway answer's detections as COCO results (original pixels, xywh)."""
     return [{"image_id": image_id, "category_id": int(d.category_id),
              "bbox": [round(d.x1, 2), round(d.y1, 2), round(d.x2 - d.x1, 2), round(d.y2 - d.y1, 2)],
              "score": round(float(d.score), 5)} for d in response.detections]
@@ -200,7 +201,7 @@ async def run_setting(address: str, dataset, budgets, rate: float, n: int, seed:
                     record.server_budget_met = bool(response.budget_met)
                     t = response.timing
                     record.server_ms = {"queue": t.queue_ms, "inference": t.inference_ms, "total": t.total_ms}
-                    record.detections = _detections(response, record.image_id)
+                    record.detections = coco_results(response, record.image_id)
                 finally:
                     bar.update(1)
 
