@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from anytime.config import ModelConfig
@@ -124,3 +126,31 @@ def random_detector(cfg: ModelConfig, seed: int = 0, logit_std: float = 1.0):
             images = torch.randint(0, 256, (4, 3, cfg.image_size, cfg.image_size), generator=g, dtype=torch.uint8)
             model.exit_outputs(images, list(range(1, model.num_exits + 1)))
     return model.eval()
+
+
+
+@contextlib.contextmanager
+def in_process_gateway(repo, **config):
+    """A real Triton process on ``repo`` and the gateway running in this process, on an event loop of its own in a
+    thread, so a test can reach inside it (inject a fault, read its metrics or queue). ``config``: more
+    ``GatewayConfig`` fields."""
+    import asyncio
+    import threading
+
+    from anytime.serving.gateway import Gateway, GatewayConfig
+    from anytime.serving.triton import TritonServer, free_ports
+
+    http, grpc_port, metrics = free_ports(3)
+    with TritonServer(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as triton:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        settings = {"calibration_runs": 5, **config}
+        gateway_config = GatewayConfig(repository=repo, endpoints=[triton.grpc_url], port=0, **settings)
+        gateway = asyncio.run_coroutine_threadsafe(Gateway(gateway_config).start(), loop).result(120)
+        try:
+            yield gateway
+        finally:
+            asyncio.run_coroutine_threadsafe(gateway.stop(grace=0.5), loop).result(30)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
 
 import grpc
 import numpy as np
@@ -16,10 +15,9 @@ from anytime.export.exporter import export_repository
 from anytime.imaging import boxes_to_original
 from anytime.serving.api import anytime_pb2 as pb
 from anytime.serving.api import anytime_pb2_grpc as pb_grpc
-from anytime.serving.gateway import Gateway, GatewayConfig, prepare_image
+from anytime.serving.gateway import prepare_image
 from anytime.serving.scheduler import SchedulerConfig
-from anytime.serving.triton import TritonServer, free_ports
-from anytime.testing import assert_same_detections, random_detector, tiny_config
+from anytime.testing import assert_same_detections, in_process_gateway, random_detector, tiny_config
 
 EXITS = 3
 BURST = 16
@@ -37,21 +35,9 @@ def gateway(model, tmp_path_factory):
     repo = tmp_path_factory.mktemp("batched") / "repo"
     export_repository(model, {"class_names": ["a", "b", "c"], "cat_ids": [1, 7, 90]}, repo, stages=False,
                       progress=lambda *_: None)
-    http, grpc_port, metrics = free_ports(3)
-    with TritonServer(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as triton:
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        config = GatewayConfig(repository=repo, endpoints=[triton.grpc_url], port=0, calibration_runs=5,
-                               scheduler=SchedulerConfig(slots_per_endpoint=1, planner="batch"))
-        g = asyncio.run_coroutine_threadsafe(Gateway(config).start(), loop).result(120)
+    with in_process_gateway(repo, scheduler=SchedulerConfig(slots_per_endpoint=1, planner="batch")) as g:
         g.repo = repo
-        try:
-            yield g
-        finally:
-            asyncio.run_coroutine_threadsafe(g.stop(grace=0.5), loop).result(30)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
+        yield g
 
 
 def png(seed: int, h=120, w=160) -> bytes:

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from anytime.export.exporter import export_repository
-from anytime.testing import assert_same_detections, random_detector, scrape, tiny_config
+from anytime.testing import assert_same_detections, in_process_gateway, random_detector, scrape, tiny_config
 from anytime.serving.api import anytime_pb2 as pb
 from anytime.serving.scheduler import SchedulerConfig
 from anytime.serving.api import anytime_pb2_grpc as pb_grpc
@@ -370,24 +370,8 @@ def test_a_burst_of_200_at_ten_times_capacity_decodes_only_what_it_admits(heavy_
 def in_process(repo):
     """A real Triton process and the gateway running in this process, on an event loop of its own, so a test
     can reach inside it (to inject a fault, to look at its queue)."""
-    import threading
-
-    from anytime.serving.gateway import Gateway, GatewayConfig
-    from anytime.serving.triton import TritonServer, free_ports
-
-    http, grpc_port, metrics = free_ports(3)
-    with TritonServer(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as triton:
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        config = GatewayConfig(repository=repo, endpoints=[triton.grpc_url], port=0, calibration_runs=5)
-        gateway = asyncio.run_coroutine_threadsafe(Gateway(config).start(), loop).result(120)
-        try:
-            yield gateway
-        finally:
-            asyncio.run_coroutine_threadsafe(gateway.stop(grace=0.5), loop).result(30)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
+    with in_process_gateway(repo) as gateway:
+        yield gateway
 
 
 def test_a_stream_item_that_raises_anything_is_answered_and_the_stream_ends(in_process, monkeypatch):
