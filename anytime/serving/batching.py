@@ -302,6 +302,3 @@ class BatchScheduler(Readiness):
         for r in out:
             r.state = "gone"
         return out
-
-    def set_available(self, endpoint: str, up: bool) -> None:
-        (self.available.add if up else self.available.discard)(endpoint)

@@ -183,6 +183,10 @@ class Readiness:
         self.admit(req, now)
         self.mark_ready(req, now)
 
+    def set_available(self, endpoint: str, up: bool) -> None:
+        """The gateway's health probe: ``endpoint`` answers (or not) from now on."""
+        (self.available.add if up else self.available.discard)(endpoint)
+
 
 class Scheduler(Readiness):
     def __init__(self, profiles: dict[str, LatencyProfile], config: SchedulerConfig | None = None,
@@ -501,6 +505,3 @@ class Scheduler(Readiness):
         for r in out:
             r.state = "gone"
         return out
-
-    def set_available(self, endpoint: str, up: bool) -> None:
-        (self.available.add if up else self.available.discard)(endpoint)
