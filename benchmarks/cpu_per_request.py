@@ -155,6 +155,58 @@ def ort_floor(repository: Path, exit: int, runs: int = 200) -> dict:
             "threads": options.intra_op_num_threads or "default"}
 
 
+def _forward(triton_url: str, model: str, size: int, port_out) -> None:
+    """In a process of its own: the least a Python gateway with these libraries can do per request. It accepts
+    ``Detect`` on grpc.aio, sends a fixed, already letterboxed image to ``model`` through tritonclient's asyncio
+    client, and answers with an empty response: no decoding, no scheduling, no detections to convert. Its CPU per
+    request is the hop's floor (two RPCs through Python), which the gateway's "decode floor + 2 ms" goal must fit."""
+    import asyncio
+
+    import grpc
+    import tritonclient.grpc.aio as triton_aio
+
+    from anytime.serving.api import anytime_pb2 as pb
+    from anytime.serving.api import anytime_pb2_grpc as pb_grpc
+    from anytime.serving.measure import infer_exit
+
+    pixels = np.zeros((1, 3, size, size), np.uint8)
+
+    class Forwarder(pb_grpc.DetectorServicer):
+        async def Detect(self, request, context):
+            await infer_exit(self.client, model, pixels)
+            return pb.DetectResponse(exit=0)
+
+    async def serve():
+        forwarder = Forwarder()
+        forwarder.client = triton_aio.InferenceServerClient(triton_url)
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+        pb_grpc.add_DetectorServicer_to_server(forwarder, server)
+        port_out.send(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+def hop_floor(triton_url: str, model: str, size: int, images: list[bytes], requests: int, clients: int) -> float:
+    """CPU ms per request of the minimal forwarder (``_forward``), the same encoded images sent to it."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_forward, args=(triton_url, model, size, send), daemon=True)
+    proc.start()
+    try:
+        address = f"127.0.0.1:{receive.recv()}"
+        run_requests(address, images, min(20, requests), clients, 0, None)  # warm
+        before = cpu_seconds(proc.pid)
+        run_requests(address, images, requests, clients, 0, None)
+        return (cpu_seconds(proc.pid) - before) / requests * 1e3
+    finally:
+        proc.terminate()
+        proc.join(5)
+
+
 def main() -> int:
     from anytime.data import photos
 
@@ -179,8 +231,15 @@ def main() -> int:
             for name, source in photos.set_sources(args).items()}
     size = int(read_manifest(args.repository)["image_size"])
     rows = []
+    model = next(e["model"] for e in read_manifest(args.repository)["exits"] if e["exit"] == args.exit)
+    hop = {}
     with ServingStack(args.repository, gateway_args=tuple(args.gateway_args.split())) as stack:
         for name in sets:
+            for clients in (int(c) for c in args.clients.split(",")):
+                hop[f"{name} {clients}"] = hop_floor(stack.tritons[0].grpc_url, model, size, sets[name], args.requests,
+                                                     clients)
+                print(f"{name:7s} {clients} client(s) minimal forwarder (the hop's floor) "
+                      f"{hop[f'{name} {clients}']:5.1f} CPU ms/request", flush=True)
             for clients in (int(c) for c in args.clients.split(",")):
                 for lb in ([None, size] if args.client_letterbox else [None]):
                     r = measure(stack, stack.address, sets[name], args.requests, clients, args.exit, lb)
@@ -204,8 +263,19 @@ def main() -> int:
     print(f"\nfloor: ONNX Runtime alone, exit {args.exit} graph, {floor['threads']} intra-op threads: "
           f"{floor['cpu_ms']:.1f} CPU ms ({floor['wall_ms']:.1f} ms wall) per call; decoding + letterbox alone, one "
           "thread: " + ", ".join(f"{name} {ms:.1f}" for name, ms in decoding.items()) + " CPU ms per image")
+    print("floor of the hop: a minimal Python forwarder (grpc.aio in, tritonclient.aio out, no decoding, no "
+          "scheduling), CPU ms per request: " + ", ".join(f"{k} client(s) {v:.1f}" for k, v in hop.items()))
+    print("\ngoals against floors (gateway <= decode + 2 ms; stack <= 1.2 x (ONNX Runtime + decode)):")
+    for r in rows:
+        if r["sent"] != "encoded":
+            continue
+        dec, hop_ms = decoding[r["set"]], hop.get(f"{r['set']} {r['clients']}", float("nan"))
+        print(f"  {r['set']} {r['clients']} client(s): gateway {r['per_process_ms']['gateway']:.1f} (goal {dec + 2:.1f}, "
+              f"floor decode + hop {dec + hop_ms:.1f}); stack {r['stack_ms']:.1f} (goal "
+              f"{1.2 * (floor['cpu_ms'] + dec):.1f}, {r['stack_ms'] / (floor['cpu_ms'] + dec):.2f}x the floors)")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cpu_per_request.json").write_text(json.dumps({"rows": rows, "floor": floor, "decoding": decoding},
+    (args.out / "cpu_per_request.json").write_text(json.dumps({"rows": rows, "floor": floor, "decoding": decoding,
+                                                               "hop_floor_ms": hop},
                                                               indent=1))
     return 0
 
