@@ -38,3 +38,13 @@ def test_calibration_gives_every_family_a_rising_cost_and_a_spread():
         assert 0 < cost.expected(small) < cost.expected(big), fmt
         assert cost.spread(big) >= 0.1 * cost.expected(big) and cost.predict(big) > cost.expected(big)
 
+
+
+def test_the_line_is_refitted_at_most_every_refit_s_while_images_arrive():
+    line = CostLine([(0.1, 0.002), (1.0, 0.020)], horizon_s=2.0, min_samples=1, refit_s=0.05)
+    line.observe(0.5, 0.010, 1.000)
+    first = line.fit()
+    line.observe(0.5, 0.030, 1.010)  # 10 ms later: the fit waits
+    assert line.fit() == first
+    line.observe(0.5, 0.030, 1.060)  # 60 ms after the last fit: refitted with every point since
+    assert line.fit()[0] + line.fit()[1] * 0.5 == pytest.approx((0.010 + 0.030 + 0.030) / 3)
