@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--exits", help="comma-separated exits to evaluate, e.g. 1,2,3 (default: all)")
     p.add_argument("--out", help="output directory (default: <checkpoint dir>/eval_<split>, runs/eval for the shipped model)")
     p.add_argument("--json", action="store_true", help="print only the metrics as JSON on stdout")
+    p.add_argument("--sizes", help="comma-separated input sizes in px to evaluate the same weights at, e.g. "
+                                   "128,256,384: AP and GMACs for every (size, exit) in one run (default: the "
+                                   "model's own size only)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     model, report = evaluate_checkpoint(checkpoint, args.data, args.split, args.exits, device=device,
                                         batch_size=args.batch_size, progress=not args.json, out_dir=out_dir,
-                                        num_workers=args.num_workers)
+                                        num_workers=args.num_workers, sizes=args.sizes)
     # The model's config travels with its AP, so the report alone says what was measured (its pyramid, its
     # exits' GMACs for `anytime scaling`) after the checkpoint, an ignored file, is gone.
     # The shipped model by its place in the package, never this machine's absolute path.
@@ -123,16 +127,45 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(report))
         print(f"(AP in %, {report['num_images']} images; results and ap_per_exit.png in {out_dir})")
+        if "sizes" in report:
+            print(format_sizes(report["sizes"]))
     return 0
 
 
+def parse_sizes(text: str | None, cfg) -> list[int] | None:
+    """Sorted input sizes of ``--sizes``, each checked against the model's pyramid (a multiple of its largest
+    stride), or None."""
+    from anytime.cli import UserError
+    from anytime.config import ConfigError
+
+    if not text:
+        return None
+    try:
+        sizes = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--sizes must be comma-separated integers, got {text!r}") from None
+    if not sizes:
+        raise UserError("--sizes names no size")
+    for size in sizes:
+        try:
+            dataclasses.replace(cfg, image_size=size).validate()
+        except ConfigError as e:
+            raise UserError(f"--sizes {size}: {e}") from None
+    return sizes
+
+
 def evaluate_checkpoint(checkpoint, data: str | None, split: str = "val", exits: str | None = None,
-                        device=None, **options):
+                        device=None, sizes: str | None = None, **options):
     """(model, report) of ``anytime.eval.coco_eval.evaluate`` on a checkpoint, with the CLI's checks (a readable
     checkpoint, valid exits, as many classes as the dataset). Everything but the report goes to stderr
-    (pycocotools and the data generator print progress)."""
+    (pycocotools and the data generator print progress).
+
+    The report's ``exits`` are at the model's own input size (what export puts in the manifest). With ``sizes``,
+    ``report["sizes"]`` also holds every (size, exit): its AP and GMACs, the same weights letterboxed to each size
+    (``AnytimeRetinaNet.set_image_size``); only the model's own size writes results files and the plot."""
     from anytime.cli import UserError
     from anytime.eval.coco_eval import evaluate
+    from anytime.model.complexity import exit_costs
     from anytime.train.checkpoint import CheckpointError, load_model
 
     with contextlib.redirect_stdout(sys.stderr):
@@ -141,13 +174,39 @@ def evaluate_checkpoint(checkpoint, data: str | None, split: str = "val", exits:
         except CheckpointError as e:
             raise UserError(str(e)) from None
         chosen = parse_exits(exits, model.num_exits)
-        dataset = _open_split(data, split, model.cfg.image_size)
+        chosen_sizes = parse_sizes(sizes, model.cfg)
+        native = model.cfg.image_size
+        dataset = _open_split(data, split, native)
         cat_ids = meta.get("cat_ids") or list(dataset.cat_ids)
         if len(cat_ids) != model.cfg.num_classes:
             raise UserError(f"the model predicts {model.cfg.num_classes} classes but the dataset has {len(cat_ids)}")
         if list(cat_ids) != list(dataset.cat_ids):
             print("warning: the checkpoint's category ids differ from the dataset's; using the checkpoint's", file=sys.stderr)
-        return model, evaluate(model, dataset, chosen, cat_ids=cat_ids, **options)
+        report = evaluate(model, dataset, chosen, cat_ids=cat_ids, **options)
+        if chosen_sizes:
+            others = {k: v for k, v in options.items() if k != "out_dir"}
+            report["sizes"] = []
+            try:
+                for size in chosen_sizes:
+                    model.set_image_size(size)
+                    at = report if size == native else evaluate(model, _open_split(data, split, size), chosen,
+                                                                cat_ids=cat_ids, **others)
+                    gmacs = {e["exit"]: e["gmacs"] for e in exit_costs(model.cfg, every_exit=False)["exits"]}
+                    report["sizes"].append({"image_size": size, "exits": [
+                        {**{k: v for k, v in row.items() if k != "detections"}, "gmacs": gmacs[row["exit"]]}
+                        for row in at["exits"]]})
+            finally:
+                model.set_image_size(native)
+        return model, report
+
+
+def format_sizes(sizes: list[dict]) -> str:
+    """AP (%) and GMACs of every (size, exit), cheapest first: the options' frontier as a table."""
+    rows = sorted(((s["image_size"], e) for s in sizes for e in s["exits"]), key=lambda r: r[1]["gmacs"])
+    lines = [f"{'size':>6}  {'exit':>4}  {'GMACs':>7}  {'AP':>6}  {'AP50':>6}"]
+    lines += [f"{size:>6}  {e['exit']:>4}  {e['gmacs']:>7.3f}  {100 * e['AP']:>6.2f}  {100 * e['AP50']:>6.2f}"
+              for size, e in rows]
+    return "\n".join(lines)
 
 
 def _open_split(data: str | None, split: str, image_size: int):

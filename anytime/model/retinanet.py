@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -50,6 +52,19 @@ class AnytimeRetinaNet(nn.Module):
             self.heads = nn.ModuleList(RetinaHead(num_exits=1, **head_args) for _ in range(self.num_exits))
         anchors = make_anchors(cfg.image_size, self.levels, cfg.anchor_scales, cfg.aspect_ratios, cfg.anchor_size)
         self.register_buffer("anchors", anchors, persistent=False)
+
+    def set_image_size(self, size: int) -> "AnytimeRetinaNet":
+        """Serve (or evaluate) square inputs of ``size`` px with the same weights.
+
+        Every layer is convolutional, so only the anchors and the input check depend on the size: one set of
+        weights runs at 128, 256 or 384 px, each a different point of cost against accuracy (the paper's Table 3
+        and Figure 9 vary input size with depth). ``size`` must divide by the pyramid's largest stride, as at
+        construction (``ModelConfig.validate``)."""
+        cfg = dataclasses.replace(self.cfg, image_size=int(size)).validate()
+        anchors = make_anchors(cfg.image_size, self.levels, cfg.anchor_scales, cfg.aspect_ratios, cfg.anchor_size)
+        self.cfg = cfg
+        self.anchors = anchors.to(self.anchors.device)
+        return self
 
     # -- structure -------------------------------------------------------------------------------------
     def _head(self, exit: int) -> tuple[RetinaHead, int]:

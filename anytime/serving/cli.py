@@ -61,9 +61,6 @@ def _add_serve_parser(sub) -> None:
                    help="with no --triton: ONNX Runtime threads per call (default: as exported; anytime export writes 1)")
     p.add_argument("--decode-workers", type=int, default=None,
                    help="images decoded at once (default: one per core of this process)")
-    p.add_argument("--inline-decode-ms", type=float, default=None,
-                   help="decode images predicted to take at most this long on the event loop, not in a decoding "
-                        "thread (default: 0, always a thread)")
     p.add_argument("--log-dir", type=Path, default=None,
                    help="with no --triton: where the Triton it starts writes its log (default: runs/logs)")
     p.add_argument("--token", default=None, help="require 'authorization: Bearer TOKEN' on Detector calls")
@@ -133,7 +130,6 @@ def run(args) -> int:
             default_budget_ms=args.default_budget_ms, token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
             execution=args.execution,
             **({} if args.decode_workers is None else {"decode_workers": args.decode_workers}),
-            **({} if args.inline_decode_ms is None else {"inline_decode_ms": args.inline_decode_ms}),
             max_message_bytes=int(args.max_message_mb * 1024 * 1024),
             scheduler=SchedulerConfig(quantile=args.quantile, when_infeasible=args.when_infeasible,
                                       slots_per_endpoint=args.slots, planner=args.planner,

@@ -67,11 +67,6 @@ class GatewayConfig:
     # images decoded at once, one per core by default; admitted requests beyond wait their turn, earliest deadline
     # first (what the scheduler's admission assumed)
     decode_workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
-    # Images whose predicted preparation is at most this (ms) are decoded on the event loop itself instead of a
-    # decoding thread: handing an image to a thread and its pixels back costs the loop about 0.25 CPU ms (a submit,
-    # a wake-up, a callback), a fifth of a small PNG's decoding; a large image stays in a thread so the loop keeps
-    # serving while it decodes. 0: always a thread.
-    inline_decode_ms: float = 0.0
     execution: str = "upfront"  # "upfront" (one exit chosen per request) or "progressive" (stage by stage)
     # progressive: a request is answered this long before its deadline with the exit it has (building and
     # sending the answer takes about that long on a busy 2-core machine), plus however late the event loop has
@@ -328,8 +323,7 @@ class Gateway(pb_grpc.DetectorServicer):
                 req = None
                 raise self._refused(r) from None
             self.update_gauges()
-            inline = mean * 1e3 <= self.config.inline_decode_ms
-            async with contextlib.nullcontext() if inline else self._decode_slots.slot(req.deadline):
+            async with self._decode_slots.slot(req.deadline):
                 if req.state != "queued":  # drained while waiting to decode (no endpoint left)
                     await pending.future
                 used = time.monotonic() - arrival
@@ -337,11 +331,8 @@ class Gateway(pb_grpc.DetectorServicer):
                     raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED,
                                   f"the budget ran out ({used * 1e3:.1f} of {budget * 1e3:.1f} ms) before decoding")
                 try:
-                    if inline:
-                        pending.pixels, scale, size, took = self._prepare(image)
-                    else:
-                        pending.pixels, scale, size, took = await loop.run_in_executor(self._decoder, self._prepare,
-                                                                                       image)
+                    pending.pixels, scale, size, took = await loop.run_in_executor(self._decoder, self._prepare,
+                                                                                   image)
                 except BadImage as e:
                     raise Failure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
                 cost.observe(head, took, time.monotonic())

@@ -168,3 +168,25 @@ def test_scaling_plots_ap_against_pyramids_and_gmacs(checkpoint, data_dir, tmp_p
     assert len(gmacs) == a["repeats"] == 2 and gmacs[0] < gmacs[1]
     assert main(["scaling", str(tmp_path / "none.pt")]) == 2 and "does not exist" in capsys.readouterr().err
     assert main(["scaling", str(checkpoint), "--labels", "a,b"]) == 2
+
+
+def test_cli_sizes_evaluates_every_size_and_exit_in_one_run(checkpoint, data_dir, tmp_path, capsys):
+    """One set of weights at several input sizes (issue 33): AP and GMACs per (size, exit); the report's own
+    exits stay at the model's size, which export reads."""
+    from anytime.cli import main
+
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(data_dir), "--sizes", "256,128", "--json",
+                 "--out", str(tmp_path / "ev"), "--batch-size", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [s["image_size"] for s in out["sizes"]] == [128, 256]
+    small, large = out["sizes"]
+    assert [e["exit"] for e in small["exits"]] == [e["exit"] for e in large["exits"]] == [1, 2]
+    assert small["exits"] == [{**{k: v for k, v in e.items() if k != "detections"}, "gmacs": s["gmacs"]}
+                              for e, s in zip(out["exits"], small["exits"])]  # 128 px is the model's own size
+    for a, b in zip(small["exits"], large["exits"]):
+        assert b["gmacs"] > 3 * a["gmacs"]  # 4x the pixels
+        assert set(METRICS) <= set(b)
+    assert out["model"]["image_size"] == 128  # evaluated at 256 px, the report still names the model's own size
+
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(data_dir), "--sizes", "200"]) == 2
+    assert "multiple of 128" in capsys.readouterr().err

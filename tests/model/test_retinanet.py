@@ -104,6 +104,27 @@ def test_unknown_exit_and_wrong_input_size_are_clear_errors():
         model(torch.zeros(1, 3, 64, 64))
 
 
+def test_the_same_weights_run_at_another_input_size():
+    """Every layer is convolutional: set_image_size changes the anchors and the input check, not the weights."""
+    from anytime.config import ConfigError
+
+    model = AnytimeRetinaNet(tiny_config(score_thresh=0.0)).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    n128 = len(model.anchors)
+    model.set_image_size(256)
+    assert model.cfg.image_size == 256 and len(model.anchors) == 4 * n128  # 4x the cells at every level
+    out = model.detect(torch.rand(1, 3, 256, 256) * 255)
+    assert (out[2][0]["boxes"] <= 256).all() and (out[2][0]["boxes"] > 128).any()  # boxes span the larger input
+    with pytest.raises(ValueError, match="expected images of 256x256"):
+        model(torch.zeros(1, 3, 128, 128))
+    with pytest.raises(ConfigError, match="multiple of 128"):
+        model.set_image_size(200)
+    assert model.cfg.image_size == 256  # a refused size changes nothing
+    model.set_image_size(128)
+    assert len(model.anchors) == n128
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
 def test_crowd_regions_are_ignored_not_negatives():
     from anytime.model.loss import assign
 
