@@ -128,6 +128,11 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int):
+        return self.item(i, self.transform)
+
+    def item(self, i: int, transform):
+        """Item ``i`` through ``transform`` instead of the dataset's own (multi-resolution training draws a size
+        per batch: ``anytime.train.loop``)."""
         img_id = self.ids[i]
         info = self.coco.imgs[img_id]
         path = self.image_dir / info["file_name"]
@@ -145,8 +150,8 @@ class CocoDetection(torch.utils.data.Dataset):
         target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
                   "crowd_boxes": torch.from_numpy(crowd), "image_id": int(img_id), "scale": 1.0,
                   "orig_size": (image.height, image.width)}
-        if self.transform is not None:
-            return self.transform(image, target)
+        if transform is not None:
+            return transform(image, target)
         return torch.from_numpy(np.array(decoded(image))).permute(2, 0, 1).contiguous(), target
 
 

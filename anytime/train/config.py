@@ -47,6 +47,10 @@ class TrainConfig:
 
     log_every: int = 10  # iterations between metrics lines
     checkpoint_every: int = 500  # iterations between last.pt snapshots
+    # Multi-resolution training: every batch is letterboxed to one of these input sizes (px), drawn per batch
+    # from (seed, epoch, batch), with anchors for that size, so one set of weights serves every size (issue 33:
+    # options across input sizes as well as depth). None: the model's own image_size only, as before.
+    image_sizes: list[int] | None = None
 
     # -- derived ---------------------------------------------------------------------------------------
     def base_lr(self) -> float:
@@ -71,6 +75,10 @@ class TrainConfig:
             raise ConfigError(f"train.num_workers must be >= 0, got {self.num_workers}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"train.grad_clip must be positive or null, got {self.grad_clip}")
+        if self.image_sizes is not None and (not self.image_sizes or any(
+                not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in self.image_sizes)):
+            raise ConfigError(f"train.image_sizes must be a non-empty list of positive integers or null, "
+                              f"got {self.image_sizes!r}")
         if sorted(self.milestones) != list(self.milestones):
             raise ConfigError(f"train.milestones must be ascending, got {self.milestones}")
         return self

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -53,15 +54,24 @@ class SeededSamples(Dataset):
     Runs inside data-loader workers; the caller's RNG states are left untouched.
     """
 
-    def __init__(self, dataset, seed: int):
+    def __init__(self, dataset, seed: int, sizes: list[int] | None = None):
         self.dataset, self.seed = dataset, seed
+        # multi-resolution training: one train transform per size, the dataset's own one left aside
+        self.transforms = None
+        if sizes is not None:
+            from anytime.data.transforms import train_transform
+
+            self.transforms = {s: train_transform(s) for s in sizes}
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
+    def __getitem__(self, key: tuple[int, ...]):
+        """``(epoch, index)``, or ``(epoch, index, size)`` with the batch's input size."""
+        epoch, index = key[:2]
         with _seeded(mix_seed(self.seed, epoch, index)):
+            if len(key) == 3:
+                return self.dataset.item(index, self.transforms[key[2]])
             return self.dataset[index]
 
 
@@ -82,9 +92,11 @@ def _seeded(seed: int):
 class EpochBatches(Sampler):
     """This process's part of every global batch of one epoch, starting at batch ``start`` (drop-last)."""
 
-    def __init__(self, size: int, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1):
+    def __init__(self, size: int, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1,
+                 image_sizes: list[int] | None = None):
         self.size, self.batch_size, self.seed, self.epoch = size, batch_size, seed, epoch
         self.start, self.rank, self.world = start, rank, world
+        self.image_sizes = image_sizes
 
     def __len__(self) -> int:
         return self.size // self.batch_size - self.start
@@ -93,7 +105,16 @@ class EpochBatches(Sampler):
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch)))
         for b in range(self.start, self.size // self.batch_size):
             batch = order[b * self.batch_size : (b + 1) * self.batch_size][self.rank :: self.world]
-            yield [(self.epoch, int(i)) for i in batch]
+            if self.image_sizes is None:
+                yield [(self.epoch, int(i)) for i in batch]
+            else:  # one size for the whole global batch, the same in every process and on resume
+                size = size_of_batch(self.image_sizes, self.seed, self.epoch, b)
+                yield [(self.epoch, int(i), size) for i in batch]
+
+
+def size_of_batch(sizes: list[int], seed: int, epoch: int, batch: int) -> int:
+    """The input size of global batch ``batch`` of ``epoch``: uniform over ``sizes``, fixed by the seed."""
+    return sizes[mix_seed(seed, epoch, batch, 5132) % len(sizes)]  # 5132: this draw's own stream
 
 
 # -- schedule -----------------------------------------------------------------------------------------------
@@ -245,6 +266,10 @@ class Trainer:
         image_size = run.model.get("image_size") or ModelConfig().image_size
         self.dataset = dataset if dataset is not None else open_train_set(cfg, image_size)
         self.model_cfg = run.model_config(list(self.dataset.class_names))
+        for size in cfg.image_sizes or ():  # every size must fit the pyramid's strides, checked before training
+            dataclasses.replace(self.model_cfg, image_size=size).validate()
+        if cfg.image_sizes and not hasattr(self.dataset, "item"):
+            raise ConfigError("train.image_sizes needs a dataset with item(index, transform) (CocoDetection)")
         if cfg.batch_size % self.dist.world:
             raise ConfigError(f"train.batch_size {cfg.batch_size} must be divisible by the {self.dist.world} processes")
         self.iters_per_epoch = len(self.dataset) // cfg.batch_size
@@ -316,6 +341,8 @@ class Trainer:
     def step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float] | None:
         """One SGD step; returns the losses, or None when the step was skipped for a non-finite loss/gradient."""
         images = images.to(self.device, non_blocking=True).float()
+        if images.shape[-1] != self.model.cfg.image_size:  # multi-resolution training: this batch's anchors
+            self.model.set_image_size(images.shape[-1])
         targets = [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
         stats_before = [b.clone() for b in self.stat_buffers]
         self.net.train()
@@ -392,8 +419,9 @@ class Trainer:
         from anytime.data.coco import collate
 
         cfg = self.cfg
-        batches = EpochBatches(len(self.dataset), cfg.batch_size, cfg.seed, epoch, start, self.dist.rank, self.dist.world)
-        return DataLoader(SeededSamples(self.dataset, cfg.seed), batch_sampler=batches, collate_fn=collate,
+        batches = EpochBatches(len(self.dataset), cfg.batch_size, cfg.seed, epoch, start, self.dist.rank, self.dist.world,
+                               cfg.image_sizes)
+        return DataLoader(SeededSamples(self.dataset, cfg.seed, cfg.image_sizes), batch_sampler=batches, collate_fn=collate,
                           num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
                           generator=torch.Generator().manual_seed(mix_seed(cfg.seed, epoch)))  # not the global RNG
 

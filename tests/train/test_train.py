@@ -268,3 +268,32 @@ def test_a_trained_model_outlives_its_architecture_file(data_dir, tmp_path, caps
     assert main(["train", "--config", str(again), "--pyramid", "nasfpn", "--out", str(out2), "--no-progress"]) == 0
     assert load_model(out2 / "last.pt")[0].cfg.architecture() == PyramidSpec.load("nasfpn")
     capsys.readouterr()
+
+
+def test_multi_resolution_batches_train_one_model_for_several_sizes(data_dir, tmp_path):
+    """train.image_sizes (issue 33): each global batch at one size drawn from the list, the same size in every
+    process and after a resume; anchors follow the batch; the checkpoint keeps the model's own size."""
+    sizes = [128, 256]
+    drawn = [b[0][2] for e in range(4) for b in EpochBatches(16, 4, seed=0, epoch=e, image_sizes=sizes)]
+    assert set(drawn) == set(sizes)  # both sizes over 16 batches
+    shards = [list(EpochBatches(16, 4, 0, 1, rank=r, world=2, image_sizes=sizes)) for r in (0, 1)]
+    assert [b[0][2] for b in shards[0]] == [b[0][2] for b in shards[1]]  # every process, the same size
+    assert list(EpochBatches(16, 4, 0, 1, start=2, image_sizes=sizes)) == list(EpochBatches(16, 4, 0, 1, image_sizes=sizes))[2:]
+
+    trainer = Trainer(run_config(data_dir, tmp_path / "ms", image_sizes=sizes), progress=False)
+    seen = set()
+    for images, targets in trainer.loader(0, 0):
+        assert images.shape[-1] == images.shape[-2] in sizes
+        assert all((t["boxes"] <= images.shape[-1]).all() for t in targets)
+        seen.add(images.shape[-1])
+        assert trainer.step(images, targets) is not None
+        assert trainer.model.cfg.image_size == images.shape[-1] and len(trainer.model.anchors) > 0
+    assert seen == set(sizes)
+    summary = train(run_config(data_dir, tmp_path / "ms2", image_sizes=sizes), progress=False)
+    model, meta = load_model(summary["checkpoint"])
+    assert model.cfg.image_size == 128 and meta["train_config"]["image_sizes"] == sizes
+
+    with pytest.raises(ConfigError, match="multiple of 128"):
+        Trainer(run_config(data_dir, tmp_path / "bad", image_sizes=[128, 200]), progress=False)
+    with pytest.raises(ConfigError, match="image_sizes"):
+        run_config(data_dir, tmp_path / "bad2", image_sizes=[]).train.validate()
