@@ -73,15 +73,22 @@ def run_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
+def _integers(text: str, flag: str) -> list[int]:
+    """The sorted distinct integers of a comma-separated flag value, or a UserError naming the flag."""
+    from anytime.cli import UserError
+
+    try:
+        return sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
 def parse_exits(text: str | None, num_exits: int) -> list[int] | None:
     from anytime.cli import UserError
 
     if not text:
         return None
-    try:
-        exits = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise UserError(f"--exits must be comma-separated integers, got {text!r}") from None
+    exits = _integers(text, "--exits")
     bad = [e for e in exits if not 1 <= e <= num_exits]
     if bad or not exits:
         raise UserError(f"--exits {text!r}: this model has exits 1..{num_exits}")
@@ -140,10 +147,7 @@ def parse_sizes(text: str | None, cfg) -> list[int] | None:
 
     if not text:
         return None
-    try:
-        sizes = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise UserError(f"--sizes must be comma-separated integers, got {text!r}") from None
+    sizes = _integers(text, "--sizes")
     if not sizes:
         raise UserError("--sizes names no size")
     for size in sizes:
