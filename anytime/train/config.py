@@ -51,6 +51,9 @@ class TrainConfig:
     # from (seed, epoch, batch), with anchors for that size, so one set of weights serves every size (issue 33:
     # options across input sizes as well as depth). None: the model's own image_size only, as before.
     image_sizes: list[int] | None = None
+    # Start from this checkpoint's weights (same model config) instead of a fresh initialisation: fine-tuning,
+    # e.g. the shipped model taught more input sizes with image_sizes. Optimizer and schedule start afresh.
+    init_checkpoint: str | None = None
 
     # -- derived ---------------------------------------------------------------------------------------
     def base_lr(self) -> float:

@@ -281,6 +281,8 @@ class Trainer:
 
         _seed_all(cfg.seed)  # identical initial weights in every process and every run with this seed
         self.model = AnytimeRetinaNet(self.model_cfg).to(self.device)
+        if cfg.init_checkpoint and ckpt is None:  # on resume, last.pt holds the weights
+            self._initialise_from(Path(cfg.init_checkpoint))
         _seed_all(mix_seed(cfg.seed, self.dist.rank))  # then per-process streams (e.g. DropBlock masks)
         net: nn.Module = LossModule(self.model)
         if self.dist.world > 1:
@@ -306,6 +308,21 @@ class Trainer:
             self._restore(ckpt)
 
     # -- resume ------------------------------------------------------------------------------------------
+    def _initialise_from(self, path: Path) -> None:
+        """Load another run's weights (``train.init_checkpoint``); its model must be this run's."""
+        if not path.is_file():
+            raise ConfigError(f"train.init_checkpoint {path} does not exist")
+        other = read_checkpoint(path)
+        theirs_cfg = ModelConfig.of_trained(other["model_config"])
+        mine, theirs = self.model_cfg.to_dict(), theirs_cfg.to_dict()
+        # the architecture is compared resolved: a built-in pyramid may be saved by name or spelled out
+        differ = sorted(k for k in mine if k not in ("backbone_weights", "pyramid_spec") and mine[k] != theirs.get(k))
+        if self.model_cfg.pyramid != "fpn" and self.model_cfg.architecture() != theirs_cfg.architecture():
+            differ.append("pyramid architecture")
+        if differ:
+            raise ConfigError(f"train.init_checkpoint {path} is another model: {', '.join(differ)} differ")
+        load_state(self.model, {k: v.float() if v.is_floating_point() else v for k, v in other["model"].items()}, path)
+
     def _check_resumable(self, ckpt: dict) -> None:
         saved, now = ckpt.get("model_config"), self.model_cfg.to_dict()
         if "pyramid_spec" not in saved:  # a run started before configs embedded their architecture

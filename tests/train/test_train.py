@@ -297,3 +297,21 @@ def test_multi_resolution_batches_train_one_model_for_several_sizes(data_dir, tm
         Trainer(run_config(data_dir, tmp_path / "bad", image_sizes=[128, 200]), progress=False)
     with pytest.raises(ConfigError, match="image_sizes"):
         run_config(data_dir, tmp_path / "bad2", image_sizes=[]).train.validate()
+
+
+def test_a_run_can_start_from_another_runs_weights(data_dir, tmp_path):
+    """train.init_checkpoint: fine-tuning starts from that model's weights (and refuses another model's)."""
+    first = train(run_config(data_dir, tmp_path / "first", max_iters=2), progress=False)
+    trainer = Trainer(run_config(data_dir, tmp_path / "tuned", init_checkpoint=first["checkpoint"],
+                                 image_sizes=[128, 256]), progress=False)
+    saved = read_checkpoint(Path(first["checkpoint"]))["model"]
+    assert all(torch.equal(v.float(), saved[k].float()) for k, v in trainer.model.state_dict().items())
+    assert trainer.iteration == 0  # the schedule starts afresh
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        Trainer(run_config(data_dir, tmp_path / "x", init_checkpoint=str(tmp_path / "nope.pt")), progress=False)
+    other = RunConfig.from_dict({"model": {**TINY_MODEL, "width": 24},
+                                 "train": {**run_config(data_dir, tmp_path / "y").train.to_dict(),
+                                           "init_checkpoint": first["checkpoint"]}})
+    with pytest.raises(ConfigError, match="another model: width differ"):
+        Trainer(other, progress=False)
