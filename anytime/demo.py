@@ -128,7 +128,10 @@ def plan_settings(address: str, data, probe_requests: int = 100, load: float = 0
         p99[e] = float(np.percentile(latencies, 99)) if latencies else 10_000.0
         first = first or latencies
     low, high = (int(math.ceil(1.5 * p99[e] + 2)) for e in (exits[0], exits[-1]))
-    budgets = sorted({low, (low + high) // 2, high})
+    # The deepest exit runs all of the first and more: a p99 measured at or below the first's (a few probe requests
+    # on a noisy machine) is noise, so its budget stays 2 ms above, and the three budgets stay distinct.
+    high = max(high, low + 2)
+    budgets = [low, (low + high) // 2, high]
     tight = sorted({int(math.ceil(np.percentile(first, q))) for q in (50, 90)} - set(budgets)) if first else []
     pairs = [(b, rate) for b in tight + budgets] + [(budgets[0], round(2 * capacity, 1))]
     return {"capacity": capacity, "rate": rate, "overload_rate": pairs[-1][1], "p99_ms": p99, "budgets": budgets,
