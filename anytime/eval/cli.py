@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -152,7 +151,7 @@ def parse_sizes(text: str | None, cfg) -> list[int] | None:
         raise UserError("--sizes names no size")
     for size in sizes:
         try:
-            dataclasses.replace(cfg, image_size=size).validate()
+            cfg.replace(image_size=size).validate()
         except ConfigError as e:
             raise UserError(f"--sizes {size}: {e}") from None
     return sizes

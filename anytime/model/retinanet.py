@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
@@ -60,7 +58,7 @@ class AnytimeRetinaNet(nn.Module):
         weights runs at 128, 256 or 384 px, each a different point of cost against accuracy (the paper's Table 3
         and Figure 9 vary input size with depth). ``size`` must divide by the pyramid's largest stride, as at
         construction (``ModelConfig.validate``)."""
-        cfg = dataclasses.replace(self.cfg, image_size=int(size)).validate()
+        cfg = self.cfg.replace(image_size=int(size)).validate()
         anchors = make_anchors(cfg.image_size, self.levels, cfg.anchor_scales, cfg.aspect_ratios, cfg.anchor_size)
         self.cfg = cfg
         self.anchors = anchors.to(self.anchors.device)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -31,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from anytime.config import ConfigError, ModelConfig
 from anytime.model import AnytimeRetinaNet
-from anytime.train.checkpoint import FORMAT, VERSION, atomic_save, load_state, read_checkpoint, rng_state, set_rng_state
+from anytime.train.checkpoint import (FORMAT, VERSION, CheckpointError, atomic_save, load_model, load_state,
+                                      read_checkpoint, rng_state, set_rng_state)
 from anytime.train.config import RunConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # Train-config fields that may change between a run and its resumption without a warning.
 _RESUME_FREE = {"name", "out_dir", "data_dir", "num_workers", "log_every", "checkpoint_every"}
 # ... and those that cannot change at all (they define the data order already consumed).
-_RESUME_FIXED = {"batch_size", "seed"}
+_RESUME_FIXED = {"batch_size", "seed", "image_sizes"}
 
 
 def mix_seed(*values: int) -> int:
@@ -267,7 +267,7 @@ class Trainer:
         self.dataset = dataset if dataset is not None else open_train_set(cfg, image_size)
         self.model_cfg = run.model_config(list(self.dataset.class_names))
         for size in cfg.image_sizes or ():  # every size must fit the pyramid's strides, checked before training
-            dataclasses.replace(self.model_cfg, image_size=size).validate()
+            self.model_cfg.replace(image_size=size).validate()
         if cfg.image_sizes and not hasattr(self.dataset, "item"):
             raise ConfigError("train.image_sizes needs a dataset with item(index, transform) (CocoDetection)")
         if cfg.batch_size % self.dist.world:
@@ -312,16 +312,18 @@ class Trainer:
         """Load another run's weights (``train.init_checkpoint``); its model must be this run's."""
         if not path.is_file():
             raise ConfigError(f"train.init_checkpoint {path} does not exist")
-        other = read_checkpoint(path)
-        theirs_cfg = ModelConfig.of_trained(other["model_config"])
-        mine, theirs = self.model_cfg.to_dict(), theirs_cfg.to_dict()
+        try:
+            other, _ = load_model(path)  # its config rebuilt and its weights as fp32, as evaluation loads them
+        except CheckpointError as e:
+            raise ConfigError(f"train.init_checkpoint: {e}") from None
+        mine, theirs = self.model_cfg.to_dict(), other.cfg.to_dict()
         # the architecture is compared resolved: a built-in pyramid may be saved by name or spelled out
         differ = sorted(k for k in mine if k not in ("backbone_weights", "pyramid_spec") and mine[k] != theirs.get(k))
-        if self.model_cfg.pyramid != "fpn" and self.model_cfg.architecture() != theirs_cfg.architecture():
+        if self.model_cfg.pyramid != "fpn" and self.model_cfg.architecture() != other.cfg.architecture():
             differ.append("pyramid architecture")
         if differ:
             raise ConfigError(f"train.init_checkpoint {path} is another model: {', '.join(differ)} differ")
-        load_state(self.model, {k: v.float() if v.is_floating_point() else v for k, v in other["model"].items()}, path)
+        self.model.load_state_dict(other.state_dict())
 
     def _check_resumable(self, ckpt: dict) -> None:
         saved, now = ckpt.get("model_config"), self.model_cfg.to_dict()

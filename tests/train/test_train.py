@@ -292,6 +292,8 @@ def test_multi_resolution_batches_train_one_model_for_several_sizes(data_dir, tm
     summary = train(run_config(data_dir, tmp_path / "ms2", image_sizes=sizes), progress=False)
     model, meta = load_model(summary["checkpoint"])
     assert model.cfg.image_size == 128 and meta["train_config"]["image_sizes"] == sizes
+    with pytest.raises(ConfigError, match="image_sizes changed"):  # they fix which size each batch had
+        Trainer(run_config(data_dir, tmp_path / "ms2", image_sizes=[128]), resume=True, progress=False)
 
     with pytest.raises(ConfigError, match="multiple of 128"):
         Trainer(run_config(data_dir, tmp_path / "bad", image_sizes=[128, 200]), progress=False)
