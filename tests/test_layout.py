@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "anytime"
 # Modules at the package root that every concern may use, and the orchestrators that may use every concern.
-SHARED = {"config", "files", "imaging", "testing", "__init__", "__main__"}
+SHARED = {"config", "files", "imaging", "options", "testing", "__init__", "__main__"}
 ORCHESTRATORS = {"cli", "demo"}
 # Files the exporter copies into a Triton repository as model.py: Triton's python stub runs them, the package
 # never imports them (the progressive one runs anytime.serving's stage engine inside Triton).

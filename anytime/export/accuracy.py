@@ -43,15 +43,27 @@ def find_ap(checkpoint: str | Path, checkpoint_sha256: str | None, exits: list[i
             report: str | Path | None = None) -> tuple[dict[int, float] | None, str | None]:
     """({exit: AP}, where it came from), or (None, None) when no report of this checkpoint is found. A report named
     explicitly must match (``ReportMismatch`` otherwise); the default places are skipped when they do not."""
+    found, source = find_report(checkpoint, checkpoint_sha256, exits, report)
+    return (ap_per_exit(found, checkpoint_sha256, exits, source), source) if found else (None, None)
+
+
+def find_report(checkpoint: str | Path, checkpoint_sha256: str | None, exits: list[int],
+                report: str | Path | None = None) -> tuple[dict | None, str | None]:
+    """(the evaluation report of this checkpoint, where it came from), found as ``find_ap`` finds it; the whole
+    report, for what it holds beyond each exit's AP (``report["sizes"]``: AP per input size)."""
     if report is not None:
         path = Path(report)
-        return ap_per_exit(_read(path), checkpoint_sha256, exits, str(path)), str(path)
+        data = _read(path)
+        ap_per_exit(data, checkpoint_sha256, exits, str(path))
+        return data, str(path)
     for path in report_candidates(checkpoint):
         if path.is_file():
             try:
-                return ap_per_exit(_read(path), checkpoint_sha256, exits, str(path)), _shown(path)
+                data = _read(path)
+                ap_per_exit(data, checkpoint_sha256, exits, str(path))
             except ReportMismatch:
                 continue
+            return data, _shown(path)
     return None, None
 
 

@@ -29,6 +29,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ap-report", default=None,
                    help="an `anytime eval` report of this checkpoint (report.json): each exit's AP for the manifest "
                         "(default: <checkpoint>.eval.json or <checkpoint dir>/eval_val/report.json when one matches)")
+    p.add_argument("--sizes", default=None,
+                   help="input sizes to consider as options beside the model's own, e.g. 128,384 (default: the sizes "
+                        "its evaluation report has, `anytime eval --sizes`); only the (size, exit) pairs on the "
+                        "AP-compute frontier are exported (anytime/options.py)")
     p.add_argument("--no-stages", action="store_true", help="per-exit models only, no progressive model")
     p.set_defaults(func=run_export)
 
@@ -56,13 +60,22 @@ def run_export(args) -> int:
 
     if args.ap_report and not Path(args.ap_report).is_file():
         raise UserError(f"--ap-report: no such file: {args.ap_report}")
+    sizes = None
+    if args.sizes:
+        try:
+            sizes = sorted({int(x) for x in args.sizes.split(",") if x.strip()})
+        except ValueError:
+            raise UserError(f"--sizes: comma-separated integers, got {args.sizes!r}") from None
     try:
         manifest = export_repository(model, meta, out, backend=args.backend, max_batch_size=args.max_batch_size,
                                      instances=args.instances, intra_op_threads=args.intra_op_threads,
                                      verify=not args.no_verify, stages=not args.no_stages,
-                                     max_stage_batch=args.max_stage_batch, ap_report=args.ap_report)
-    except ReportMismatch as e:
+                                     max_stage_batch=args.max_stage_batch, ap_report=args.ap_report,
+                                     sizes=sizes)
+    except (ReportMismatch, ValueError) as e:
         raise UserError(str(e)) from None
     stages = f" and {len(manifest['progressive']['stages'])} stages" if manifest.get("progressive") else ""
+    options = len(manifest["options"]) - len(manifest["exits"])
+    stages += f", {options} more options at other input sizes" if options else ""
     print(f"wrote {len(manifest['exits'])} exits{stages} to {out}/ ({args.backend} backend); manifest: {out / 'manifest.json'}")
     return 0

@@ -40,6 +40,8 @@ def export_needed(repository: str | Path, checkpoint: str | Path, *, replace_sta
     held = read_manifest(repository)
     if stages and not has_split_stages(held):
         return True
+    if "options" not in held:  # an export from before input sizes were options: the gateway reads them
+        return True
     return replace_stale and held.get("checkpoint_sha256") != sha256_file(checkpoint)
 
 

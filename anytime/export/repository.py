@@ -5,6 +5,7 @@ Layout::
     <repo>/manifest.json
     <repo>/anytime_exit{k}/config.pbtxt              one model per exit (upfront execution, single calls)
     <repo>/anytime_exit{k}/1/model.onnx
+    <repo>/anytime_exit{k}/1/model_{size}.onnx       (python backend) exit k at another input size, when served
     <repo>/anytime_exit{k}/1/model.py                (python backend only: the ONNX Runtime runner)
     <repo>/anytime_progressive/config.pbtxt          the stages of progressive execution, in one decoupled model
     <repo>/anytime_progressive/1/features{k}.onnx    stage k's pyramid features (stage 1: from the pixels)
@@ -49,6 +50,11 @@ PROGRESSIVE_MODEL = "anytime_progressive"
 MANIFEST_REQUIRED = ("exits", "image_size", "max_detections")
 
 
+def sized_onnx_file(size: int) -> str:
+    """The graph of an exit at an input size other than the model's own, beside ``model.onnx``."""
+    return f"model_{int(size)}.onnx"
+
+
 def model_name(exit: int) -> str:
     """The Triton model name of exit ``exit``; clients and the export agree through this one function."""
     return f"anytime_exit{exit}"
@@ -71,6 +77,10 @@ class TritonModelConfig:
     instances: int = 1
     kind: str = "cpu"  # instance_group kind: "cpu" or "gpu"
     intra_op_threads: int | None = None  # ONNX Runtime intra-op threads per instance; None = runtime default
+    # Input sizes served beside ``image_size`` (python backend): one graph per size in the version directory, and the
+    # input's height and width are then -1 (any), the runner picking the graph by the request's size. Requests of
+    # different sizes are never batched together (Triton's dynamic batcher batches equal shapes only).
+    other_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -87,11 +97,18 @@ class TritonModelConfig:
             raise ValueError(f"preferred batch sizes {bad} are outside 1..max_batch_size={self.max_batch_size}")
         if self.intra_op_threads is not None and self.intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads!r}")
+        if self.other_sizes and self.backend != "python":
+            raise ValueError("several input sizes per model need the python backend")
+        if any(int(s) < 1 or int(s) == self.image_size for s in self.other_sizes):
+            raise ValueError(f"other sizes must be positive and differ from {self.image_size}: {self.other_sizes}")
 
     def parameters(self) -> dict[str, str]:
         params = {}
         if self.backend == "python":
             params["onnx_file"] = ONNX_FILE
+        if self.other_sizes:  # "256:model.onnx,128:model_128.onnx": the runner's graph per input size
+            params["onnx_sizes"] = ",".join([f"{self.image_size}:{ONNX_FILE}"] + [
+                f"{s}:{sized_onnx_file(s)}" for s in sorted(self.other_sizes)])
         if self.intra_op_threads is not None:
             # the same key Triton's native onnxruntime backend reads, so both backends honour it
             params["intra_op_thread_count"] = str(self.intra_op_threads)
@@ -104,7 +121,8 @@ class TritonModelConfig:
         cfg = mc.ModelConfig(name=self.name, backend=self.backend, max_batch_size=self.max_batch_size)
         if self.backend == "onnxruntime":
             cfg.platform = "onnxruntime_onnx"
-        cfg.input.add(name=INPUT_NAME, data_type=mc.TYPE_UINT8, dims=[3, self.image_size, self.image_size])
+        side = -1 if self.other_sizes else self.image_size
+        cfg.input.add(name=INPUT_NAME, data_type=mc.TYPE_UINT8, dims=[3, side, side])
         for name, dtype, dims in OUTPUTS:
             shape = dims(self.max_detections)
             out = cfg.output.add(name=name, data_type=mc.DataType.Value(dtype), dims=shape or [1])
@@ -141,8 +159,10 @@ def write_model_dir(
     kind: str = "cpu",
     intra_op_threads: int | None = None,
     version: int = 1,
+    other_sizes: dict[int, str | Path | bytes] | None = None,
 ) -> Path:
     """Write (or replace) model ``name`` version ``version`` in ``repo``; returns the model directory.
+    ``other_sizes``: {input size: its ONNX graph} served beside ``image_size`` (``TritonModelConfig.other_sizes``).
 
     A new model directory appears in one rename (config and version together); an existing one gets its
     version directory swapped in atomically, then its config.pbtxt replaced atomically.
@@ -158,8 +178,10 @@ def write_model_dir(
         instances=instances,
         kind=kind,
         intra_op_threads=intra_op_threads,
+        other_sizes=tuple(sorted(other_sizes or {})),
     )
     files = {ONNX_FILE: onnx_path_or_bytes}
+    files.update({sized_onnx_file(size): data for size, data in (other_sizes or {}).items()})
     if backend == "python":
         files["model.py"] = PYTHON_MODEL_TEMPLATE
     return _write_model(repo, name, version, config.to_pbtxt(), files)

@@ -7,6 +7,9 @@ model's config (``initialize``), as in Triton's python-backend examples: the sam
 images in, detections out) or a stage (features in and out). Config parameters it reads (all optional):
 
 - ``onnx_file``: file name inside the version directory (default ``model.onnx``);
+- ``onnx_sizes``: "256:model.onnx,128:model_128.onnx": one graph per input size (an exit served at several sizes);
+  each request runs the graph of its images' height and width (square), and requests of different sizes never share
+  a call;
 - ``intra_op_thread_count`` / ``inter_op_thread_count``: ONNX Runtime thread pools (0 = runtime default);
 - ``allow_spinning``: "1" lets ORT threads busy-wait between calls (faster, but burns shared CPU cores);
 - ``execution_provider``: "auto" (default: CUDA first when onnxruntime-gpu and a GPU are present) or "cpu".
@@ -25,14 +28,20 @@ def _gpu_present():
 
 
 class TritonPythonModel:
-    """One ORT session per model instance; dynamically batched requests share one ORT call."""
+    """One ORT session per model instance and input size; dynamically batched requests of one size share one ORT
+    call."""
 
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.name = config.get("name", "model")
         version_dir = os.path.join(args["model_repository"], args["model_version"])
-        path = os.path.join(version_dir, params.get("onnx_file") or "model.onnx")
+        files = {None: params.get("onnx_file") or "model.onnx"}  # None: the one graph, whatever the size
+        if params.get("onnx_sizes"):
+            files = {}
+            for item in params["onnx_sizes"].split(","):
+                size, name = item.split(":", 1)
+                files[int(size)] = name
         # name -> (numpy dtype, dims without the batch axis; -1 = any)
         self.inputs = {i["name"]: (pb_utils.triton_string_to_numpy(i["data_type"]), [int(d) for d in i["dims"]])
                        for i in config.get("input", [])}
@@ -56,13 +65,16 @@ class TritonPythonModel:
         if want != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers() and (gpu_kind or _gpu_present()):
             device = int(args.get("model_instance_device_id") or 0) if gpu_kind else 0
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device}))
-        self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
-
-        graph_in = {i.name for i in self.session.get_inputs()}
-        graph_out = {o.name for o in self.session.get_outputs()}
-        missing = sorted((set(self.inputs) - graph_in) | (set(self.outputs) - graph_out))
-        if missing:
-            raise pb_utils.TritonModelException(f"{self.name}: {path} lacks the configured tensors {missing}")
+        self.sessions = {}  # input size (None: any) -> session
+        for size, name in files.items():
+            path = os.path.join(version_dir, name)
+            session = ort.InferenceSession(path, sess_options=options, providers=providers)
+            graph_in = {i.name for i in session.get_inputs()}
+            graph_out = {o.name for o in session.get_outputs()}
+            missing = sorted((set(self.inputs) - graph_in) | (set(self.outputs) - graph_out))
+            if missing:
+                raise pb_utils.TritonModelException(f"{self.name}: {path} lacks the configured tensors {missing}")
+            self.sessions[size] = session
         self.output_names = list(self.outputs)
 
     def _tensors(self, request):
@@ -82,35 +94,45 @@ class TritonPythonModel:
             arrays[name], batch = a, a.shape[0]
         return arrays, batch
 
+    def _size(self, arrays):
+        """The input size of a request's images (None when the model has one graph for every size)."""
+        if None in self.sessions:
+            return None
+        shape = next(iter(arrays.values())).shape
+        if shape[-1] != shape[-2] or shape[-1] not in self.sessions:
+            raise ValueError(f"images of {shape[-2]}x{shape[-1]} px; this model takes square inputs of "
+                             f"{', '.join(map(str, sorted(self.sessions)))} px")
+        return shape[-1]
+
     def execute(self, requests):
         responses = [None] * len(requests)
-        good = []  # (request index, inputs, batch size)
+        groups = {}  # input size -> [(request index, inputs, batch size)]: one ORT call per size
         for i, request in enumerate(requests):
             try:
                 arrays, n = self._tensors(request)
-                good.append((i, arrays, n))
+                groups.setdefault(self._size(arrays), []).append((i, arrays, n))
             except ValueError as e:
                 responses[i] = _error(f"{self.name}: {e}")
-        if good:
+        for size, good in groups.items():
             feed = {name: good[0][1][name] if len(good) == 1 else np.concatenate([g[1][name] for g in good])
                     for name in self.inputs}
             try:
-                outputs = self.session.run(self.output_names, feed)
+                outputs = self.sessions[size].run(self.output_names, feed)
             except Exception as e:  # a runtime failure fails this batch only, never the server
                 for i, _, _ in good:
                     responses[i] = _error(f"{self.name}: onnxruntime failed: {e}")
-            else:
-                outputs = [np.asarray(o, dtype=self.outputs[name]) for o, name in zip(outputs, self.output_names)]
-                start = 0
-                for i, _, n in good:
-                    tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + n]))
-                               for name, out in zip(self.output_names, outputs)]
-                    responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-                    start += n
+                continue
+            outputs = [np.asarray(o, dtype=self.outputs[name]) for o, name in zip(outputs, self.output_names)]
+            start = 0
+            for i, _, n in good:
+                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + n]))
+                           for name, out in zip(self.output_names, outputs)]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                start += n
         return responses
 
     def finalize(self):
-        self.session = None
+        self.sessions = {}
 
 
 def _error(message):

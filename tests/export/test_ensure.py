@@ -15,9 +15,12 @@ from anytime.export.repository import read_manifest, sha256_file, write_manifest
 SPLIT_STAGES = {"model": "anytime_progressive", "stages": [{"stage": 1, "features": "features1.onnx", "head": "head1.onnx"}]}
 
 
-def _manifest(repo, checkpoint, progressive=None):
-    write_manifest(repo, {"exits": [{"exit": 1, "model": "anytime_exit1"}], "image_size": 64, "max_detections": 5,
-                          "progressive": progressive, "checkpoint_sha256": sha256_file(checkpoint)})
+def _manifest(repo, checkpoint, progressive=None, options=True):
+    manifest = {"exits": [{"exit": 1, "model": "anytime_exit1"}], "image_size": 64, "max_detections": 5,
+                "progressive": progressive, "checkpoint_sha256": sha256_file(checkpoint)}
+    if options:
+        manifest["options"] = [{"image_size": 64, "exit": 1, "model": "anytime_exit1"}]
+    write_manifest(repo, manifest)
 
 
 def test_whether_an_export_is_needed_comes_from_the_manifest(tmp_path):
@@ -25,6 +28,8 @@ def test_whether_an_export_is_needed_comes_from_the_manifest(tmp_path):
     ckpt.write_bytes(b"weights a")
     other.write_bytes(b"weights b")
     assert export_needed(repo, ckpt, stages=False)  # no export at all
+    _manifest(repo, ckpt, options=False)  # an export from before input sizes were options
+    assert export_needed(repo, ckpt, stages=False)
     _manifest(repo, ckpt)
     assert not export_needed(repo, ckpt, stages=False)
     assert export_needed(repo, ckpt, stages=True)  # progressive execution needs the stages
