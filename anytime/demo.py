@@ -2,11 +2,12 @@
 
 1. make sure the default benchmark exists (generated, deterministic) and the default model is exported;
 2. start a real Triton server and the anytime gateway on loopback;
-3. measure the stack end to end (capacity, and each exit's p99 at half of it) and choose budgets from that;
+3. measure the stack end to end (capacity, and the p99 at half of it of three options: the cheapest, the deepest exit
+   at the model's own size, the most expensive) and choose budgets from that;
 4. stream the val split through the gateway at those budgets (and two tighter ones) at half capacity, then once at
    twice capacity;
-5. send the half-capacity traces straight to Triton too, with exit 1 and with the deepest exit (what a user without
-   the gateway would run), beside the gateway's rows;
+5. send the half-capacity traces straight to Triton too, with exit 1 and with the deepest exit at the model's size
+   (what a user without the gateway would run) and with the cheapest option, beside the gateway's rows;
 6. print the tables (AP, budget met, latency, exits; the peers beside the gateway), a sentence on what was met and
    on every budget where a peer did better, and write the plots to runs/demo/;
 7. stop everything it started.
@@ -63,15 +64,16 @@ def run(args) -> int:
     with ServingStack(repository) as stack:
         plan = plan_settings(stack.address, data, probe_requests=args.probe_requests)
         print(f"  gateway at {stack.address}; measured end to end: {plan['capacity']:.1f} requests/s with 4 clients; "
-              f"at {plan['rate']:g} requests/s, " + ", ".join(f"exit {e} p99 {ms:.1f} ms" for e, ms in
+              f"at {plan['rate']:g} requests/s, " + ", ".join(f"option {o} p99 {ms:.1f} ms" for o, ms in
                                                           plan["p99_ms"].items()))
         print(f"  budgets {plan['budgets']} ms at {plan['rate']:g} requests/s (about half of capacity), tighter ones "
-              f"{plan['tight_budgets']} ms (exit 1's p50 and p90 there), then {plan['budgets'][0]} ms at "
+              f"{plan['tight_budgets']} ms (the cheapest option's p50 and p90 there), then {plan['budgets'][0]} ms at "
               f"{plan['overload_rate']:g} requests/s (twice capacity)")
         _step(f"streaming {args.requests} val images per setting through the gateway")
         report = loadgen(stack.address, data, requests=args.requests, out=args.out, pairs=plan["pairs"],
                          extra={"plan": {k: v for k, v in plan.items() if k != "pairs"}})
-        _step("the same traces sent straight to Triton with exit 1 and with the deepest exit (the simplest peers)")
+        _step("the same traces sent straight to Triton with exit 1, the deepest exit and the cheapest option (the "
+              "simplest peers)")
         report["peers"] = peer_rows(stack, data, [p for p in plan["pairs"] if p[1] == plan["rate"]], args.requests)
         write_report(report, args.out)
     _step("results")
@@ -90,17 +92,16 @@ def plan_settings(address: str, data, probe_requests: int = 100, load: float = 0
     own load and on its own images (decoding included), not from the model's profile alone.
 
     1. Capacity: answers per second with 4 closed-loop clients and generous budgets.
-    2. At ``load`` x capacity (open loop), the first and the last exit's client-side p99 when each is the only one
-       asked for.
-    3. Budgets: 1.5 x those p99s (+ 2 ms), and the middle of the two: each leaves the exit the room its slow
-       requests need at that load, so that the scheduler keeps >= 99 % of them in time. An overload row (the
-       smallest budget at twice capacity) shows what happens when no exit fits everyone: fast refusals, not late
-       answers. On the 2-core CPU the trade-off hardly shows at these budgets: exit 1's p99 at half load
-       (queueing, decoding) is several times the few milliseconds that separate exit 1 from exit 4, so any budget
-       that keeps exit 1 in time lets exit 4 fit whenever the queue is short.
-    4. Two tighter budgets, exit 1's p50 and p90 at that load, show the trade-off itself: budgets that cannot be
-       promised, where the gateway refuses at once what would be late and answers the rest with the exit that
-       fits. They are not part of the promise.
+    2. At ``load`` x capacity (open loop), the client-side p99 of three options, each pinned alone
+       (``DetectRequest.option``): the cheapest, the deepest exit at the model's own size, and the most expensive.
+    3. Budgets: 1.5 x those p99s (+ 2 ms): each leaves its option the room its slow requests need at that load, so
+       that the scheduler keeps >= 99 % of them in time, and the accuracy it can afford rises with the budget (input
+       size and depth together span about 12x in compute; depth alone, at one size, 1.7x). An overload row (the
+       smallest budget at twice capacity) shows what happens when nothing fits everyone: fast refusals, not late
+       answers.
+    4. Two tighter budgets, the cheapest option's p50 and p90 at that load: budgets that cannot be promised, where
+       the gateway refuses at once what would be late and answers the rest with the option that fits. They are not
+       part of the promise.
     """
     import asyncio
 
@@ -119,19 +120,28 @@ def plan_settings(address: str, data, probe_requests: int = 100, load: float = 0
     rate = round(load * capacity, 1)
 
     with grpc.insecure_channel(address) as channel:
-        exits = list(pb_grpc.DetectorStub(channel).GetModelInfo(pb.ModelInfoRequest(), timeout=10).exits)
+        info = pb_grpc.DetectorStub(channel).GetModelInfo(pb.ModelInfoRequest(), timeout=10)
+    options = [o.name for o in info.options]  # cheapest first
+    own = [o.name for o in info.options if o.image_size == info.image_size]
+    deepest_own = max(own, key=lambda name: int(name.split("/")[1]))
+    probes = list(dict.fromkeys([options[0], deepest_own, options[-1]]))
     p99, first = {}, []
-    for e in sorted({exits[0], exits[-1]}):
-        result = asyncio.run(run_setting(address, dataset, 10_000.0, rate, probe_requests, seed=1, exits=(e, e),
+    for name in probes:
+        result = asyncio.run(run_setting(address, dataset, 10_000.0, rate, probe_requests, seed=1, option=name,
                                          progress=False))
         latencies = [r.latency_ms for r in result.records if r.latency_ms is not None]
-        p99[e] = float(np.percentile(latencies, 99)) if latencies else 10_000.0
+        p99[name] = float(np.percentile(latencies, 99)) if latencies else 10_000.0
         first = first or latencies
-    low, high = (int(math.ceil(1.5 * p99[e] + 2)) for e in (exits[0], exits[-1]))
-    # The deepest exit runs all of the first and more: a p99 measured at or below the first's (a few probe requests
-    # on a noisy machine) is noise, so its budget stays 2 ms above, and the three budgets stay distinct.
-    high = max(high, low + 2)
-    budgets = [low, (low + high) // 2, high]
+    # Each budget at least 2 ms above the one before: a p99 measured at or below a cheaper option's (a few probe
+    # requests on a noisy machine) is noise, and the promised budgets stay distinct.
+    budgets = []
+    for name in probes:
+        b = int(math.ceil(1.5 * p99[name] + 2))
+        budgets.append(max(b, budgets[-1] + 2) if budgets else b)
+    if len(budgets) == 2:  # one input size: its first and deepest exit, and the middle of the two
+        budgets.insert(1, (budgets[0] + budgets[1]) // 2)
+    elif len(budgets) == 1:
+        budgets += [budgets[0] + 2, budgets[0] + 4]
     tight = sorted({int(math.ceil(np.percentile(first, q))) for q in (50, 90)} - set(budgets)) if first else []
     pairs = [(b, rate) for b in tight + budgets] + [(budgets[0], round(2 * capacity, 1))]
     return {"capacity": capacity, "rate": rate, "overload_rate": pairs[-1][1], "p99_ms": p99, "budgets": budgets,
@@ -139,8 +149,8 @@ def plan_settings(address: str, data, probe_requests: int = 100, load: float = 0
 
 
 def peer_rows(stack, data, pairs: list, requests: int, seed: int = 0) -> list[dict]:
-    """Each (budget, rate) of ``pairs`` sent straight to Triton by a careful user with one fixed exit (exit 1, and
-    the deepest), on the very trace the gateway got (``loadgen.plan_trace`` with the same seed): the rows
+    """Each (budget, rate) of ``pairs`` sent straight to Triton by a careful user with one fixed exit (exit 1 and
+    the deepest, at the model's own size) and with the cheapest option, on the very trace the gateway got (``loadgen.plan_trace`` with the same seed): the rows
     ``loadgen.evaluate_results`` makes, with ``way`` naming the peer. Each request's clock starts at its planned
     arrival (``anytime.clients.direct.run_trace``)."""
     import asyncio
@@ -148,6 +158,7 @@ def peer_rows(stack, data, pairs: list, requests: int, seed: int = 0) -> list[di
     from anytime.clients.detect import image_bytes
     from anytime.clients.direct import DirectClient, run_trace
     from anytime.clients.loadgen import SettingResult, evaluate_results, open_dataset, parse_budget, plan_trace
+    from anytime.options import from_manifest
     from anytime.export.repository import read_manifest
 
     manifest = read_manifest(stack.repository)
@@ -156,24 +167,30 @@ def peer_rows(stack, data, pairs: list, requests: int, seed: int = 0) -> list[di
     url = stack.tritons[0].grpc_url
     n = min(requests, len(dataset))
 
-    async def run(exit, records, payloads):
+    cheapest = from_manifest(manifest)[0]
+
+    async def run(way, records, payloads):
         client = DirectClient(url, manifest)
         try:
             pixels, _, _ = client.prepare(payloads[0])
-            await client.infer(exit, pixels)  # connected before the clock starts
-            return await run_trace(records, client.sender(payloads, exit=exit))
+            await client.infer(exits[0], pixels)  # connected before the clock starts
+            send = client.sender(payloads, option=way) if isinstance(way, str) else client.sender(payloads, exit=way)
+            return await run_trace(records, send)
         finally:
             await client.close()
 
+    ways = list(dict.fromkeys([exits[0], exits[-1]]))
+    if cheapest.image_size != int(manifest["image_size"]):
+        ways.append(cheapest.name)
     rows = []
-    for exit in sorted({exits[0], exits[-1]}):
+    for way in ways:
         for budget, rate in pairs:
             records = plan_trace(dataset.ids, budget, rate, n, seed)
             payloads = [image_bytes(dataset.image_dir / dataset.coco.imgs[r.image_id]["file_name"]) for r in records]
-            wall = asyncio.run(run(exit, records, payloads))
+            wall = asyncio.run(run(way, records, payloads))
             row = evaluate_results(SettingResult(url, parse_budget(budget), float(rate), seed, records, wall),
                                    dataset.coco)
-            rows.append({**row, "way": f"exit {exit} direct"})
+            rows.append({**row, "way": f"option {way} direct" if isinstance(way, str) else f"exit {way} direct"})
     return rows
 
 
@@ -214,7 +231,7 @@ def summary(report: dict) -> str:
     text = (f"At {plan['rate']:g} requests/s (half of the {plan['capacity']:.1f}/s this stack measured), budgets met: "
             f"{met}; AP at budget {100 * aps[0]:.1f} -> {100 * aps[-1]:.1f} from the smallest budget to the largest.")
     if sweep:
-        text += (" Tighter budgets (exit 1's p50 and p90 at this load, not promised): " + ", ".join(
+        text += (" Tighter budgets (the cheapest option's p50 and p90 at this load, not promised): " + ", ".join(
             f"{s['budget']} ms {100 * s['budget_met_rate']:.1f} % met, AP {100 * (s['AP'] or 0):.1f}" for s in sweep)
             + ".")
     text += (f" At twice capacity ({over['rate']:g}/s, {over['budget']} ms): {refused} of {over['requests']} "
@@ -238,5 +255,6 @@ def peers_sentence(report: dict) -> str:
                               f"{100 * p['budget_met_rate']:.1f} % met, AP {100 * (p['AP'] or 0):.1f}, against "
                               f"{100 * s['budget_met_rate']:.1f} % and {100 * (s['AP'] or 0):.1f})")
     if not beaten:
-        return "Served straight to Triton with exit 1 or the deepest exit, no budget met more or earned a higher AP."
+        return ("Served straight to Triton with exit 1, the deepest exit or the cheapest option, no budget met more or "
+                "earned a higher AP.")
     return "Where a peer did better than the gateway: " + "; ".join(beaten) + "."

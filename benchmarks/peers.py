@@ -9,9 +9,11 @@ client's clock:
 - **Set-up.** One repository, one Triton process for the whole run. The gateway starts once per repetition with
   its default flags (plus each ``--variant``'s flags, reported apart; ``--baseline`` runs another checkout's
   gateway), in front of that Triton. Nothing in Triton tells the gateway's calls from a plain client's.
-- **Peers** (``anytime.clients.direct``): exit k direct for every exit, and slack direct, decoding with the
-  project's ``open_image`` + ``letterbox`` in 2 threads, each request its own task, ``client_timeout`` = the time
-  left; slack direct measures each exit's idle p95 (12 calls after 5 warm-ups) before each row.
+- **Peers** (``anytime.clients.direct``): exit k direct for every exit (at the model's own size), slack direct,
+  the cheapest option direct (``cheapest``: the smallest input size's cheapest exit) and slack over all options
+  (``slack-opt``), decoding with the project's ``open_image`` + ``letterbox`` in 2 threads, each request its own
+  task, ``client_timeout`` = the time left; slack direct measures each exit's idle p95 (12 calls after 5 warm-ups)
+  before each row, slack over options each option's idle p95 of decoding and calling.
 - **T and D** per repetition on exit 4 direct: T with 4 closed-loop clients, D the p50 of 20 idle requests one at a
   time, decoding included. No change to the gateway moves a row's rate or budget.
 - **The same trace**: per row and repetition every way gets the same images, arrival offsets and budgets
@@ -20,8 +22,8 @@ client's clock:
   150 % at 3D (overload). Within a repetition the ways run each row back to back, in an order rotated across
   repetitions.
 - **Measures**: met (OK within budget over all sent), refused at once (an error within 10 ms), late (the rest not
-  met), admitted in time, utility (mean over all sent of the answering exit's AP when met, else 0; AP per exit from
-  the manifest, which ``anytime export`` writes), COCO AP at budget, exits used.
+  met), admitted in time, utility (mean over all sent of the answering option's AP when met, else 0; AP per
+  option from the manifest, which ``anytime export`` writes), COCO AP at budget, options used.
 - **Verdict**: per row, the median over repetitions of (gateway - best peer), for met and for utility separately,
   with their spread; goals: met >= -0.5 points, utility >= 0, admitted in time >= 99.5 % (except overload).
 
@@ -44,6 +46,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving_goals import _pythonpath, neighbour  # noqa: E402  (benchmarks/ is not a package)
+
+from anytime.options import from_manifest, option_name  # noqa: E402
 
 # (load as a share of T, budget in units of D, one core busy)
 ROWS = ((0.5, 3.0, False), (0.8, 3.0, False), (0.5, 1.5, False), (0.5, 2.0, True), (1.5, 3.0, False))
@@ -103,6 +107,12 @@ async def run_way(way: str, records, payloads, triton_url: str, manifest: dict, 
             p95 = await client.idle_p95(pixels)
             extra["p95_ms"] = {str(e): v * 1e3 for e, v in p95.items()}
             send = client.sender(payloads, p95=p95)
+        elif way == "slack-opt":
+            p95 = await client.idle_p95_options(payloads[0])
+            extra["p95_ms"] = {name: v * 1e3 for name, v in p95.items()}
+            send = client.sender(payloads, option_p95=p95)
+        elif way == "cheapest":
+            send = client.sender(payloads, option=next(iter(client.options)))
         else:
             send = client.sender(payloads, exit=int(way.removeprefix("exit")))
         extra["wall_s"] = await run_trace(records, send)
@@ -130,7 +140,7 @@ def run_way_again_after_an_outage(triton, way, records, payloads, manifest, addr
     raise RuntimeError(f"{way}: Triton kept failing ({triton.restarts} restarts)")
 
 
-def measures(records, coco, ap: dict[int, float]) -> dict:
+def measures(records, coco, ap: dict[str, float], default_size: int) -> dict:
     from anytime.clients.loadgen import REFUSED_AT_ONCE_MS
     from anytime.eval.coco_eval import coco_metrics
 
@@ -142,9 +152,12 @@ def measures(records, coco, ap: dict[int, float]) -> dict:
     for r in records:
         key = r.status if r.status != "OK" else ("OK in time" if r.budget_met else "OK late")
         statuses[key] = statuses.get(key, 0) + 1
+    def option(r) -> str:
+        return option_name(r.image_size or default_size, r.exit)
+
     exits: dict[str, int] = {}
     for r in met:
-        exits[str(r.exit)] = exits.get(str(r.exit), 0) + 1
+        exits[option(r)] = exits.get(option(r), 0) + 1
     coco_ap = coco_metrics(coco, [d for r in met for d in r.detections], [r.image_id for r in records])["AP"]
     examples: dict[str, list[str]] = {}
     for r in records:
@@ -153,7 +166,7 @@ def measures(records, coco, ap: dict[int, float]) -> dict:
     return {"sent": n, "met": len(met) / n, "examples": examples, "refused_at_once": refused, "late": n - len(met) - refused,
             "admitted_in_time": len(met) / (n - refused) if n > refused else None,
             "late_of_admitted": sum(1 for r in records if r.status == "OK" and not r.budget_met) / max(n - refused, 1),
-            "utility": sum(ap[r.exit] for r in met) / n, "coco_ap": coco_ap, "exits_met": exits, "statuses": statuses}
+            "utility": sum(ap[option(r)] for r in met) / n, "coco_ap": coco_ap, "exits_met": exits, "statuses": statuses}
 
 
 def verdict(results: list[dict], ways: list[str], peers: list[str], reps: int) -> list[dict]:
@@ -308,14 +321,14 @@ def main() -> int:
 
     ensure_exported(args.repository, DEFAULT_CHECKPOINT, stages=False)
     manifest = read_manifest(args.repository)
-    ap = manifest_ap(manifest)
+    ap = {o.name: o.ap for o in from_manifest(manifest)} if manifest_ap(manifest) is not None else None
     if ap is None:
         print(f"{args.repository}/manifest.json has no AP per exit: evaluate the checkpoint (anytime eval "
               "--checkpoint ...) and export it again (anytime export)", file=sys.stderr)
         return 2
     rows = ROWS if args.rows is None else [
         (float(a), float(b), bool(c)) for a, b, *c in (t.split(":") for t in args.rows.split(","))]
-    peers = [f"exit{e}" for e in sorted(ap)] + ["slack"]
+    peers = [f"exit{e['exit']}" for e in manifest["exits"]] + ["slack", "cheapest", "slack-opt"]
     gateways = {GATEWAY: ()} | {v.split(":", 1)[0]: tuple(v.split(":", 1)[1].split()) for v in args.variant}
     if args.baseline:
         gateways["baseline"] = ()
@@ -361,7 +374,7 @@ def main() -> int:
                                 extra = run_way_again_after_an_outage(triton, way, records, per_request, manifest,
                                                                       address)
                                 restarts = triton.restarts
-                                m = measures(records, ds.coco, ap)
+                                m = measures(records, ds.coco, ap, int(manifest["image_size"]))
                                 m.update(set=name, rep=rep, way=way, load=load, k=k, busy=busy, T=t, D=d,
                                          triton_restarts=restarts, **extra)
                                 results.append(m)

@@ -19,8 +19,10 @@ def test_demo_runs_end_to_end_on_the_default_model(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "loadgen.json").read_text())
     plan = report["plan"]
-    # three promised budgets from the measured p99s, the tighter ones below them, and the overload row
-    assert len(set(plan["budgets"])) == 3 and plan["capacity"] > 0 and plan["overload_rate"] > plan["rate"]
+    # three promised budgets from the measured p99s of three options (the cheapest, the deepest exit at the model's
+    # size, the most expensive), the tighter ones below them, and the overload row
+    assert list(plan["p99_ms"]) == ["128/2", "256/4", "384/4"]
+    assert plan["budgets"] == sorted(set(plan["budgets"])) and len(plan["budgets"]) == 3 and plan["capacity"] > 0 and plan["overload_rate"] > plan["rate"]
     assert all(t < plan["budgets"][-1] for t in plan["tight_budgets"])
     settings = report["settings"]
     expected = plan["tight_budgets"] + plan["budgets"] + plan["budgets"][:1]
@@ -29,11 +31,12 @@ def test_demo_runs_end_to_end_on_the_default_model(tmp_path):
     assert all(s["requests"] == 24 and sum(s["status"].values()) == 24 for s in settings)
     assert all((out / name).stat().st_size > 10_000 for name in ("ap_vs_budget.png", "exit_histogram.png"))
     assert "budgets met:" in done.stdout and "refused at once" in done.stdout
-    # exit 1 and the deepest exit served straight from Triton, on the same half-capacity traces as the gateway
+    # exit 1, the deepest exit and the cheapest option served straight from Triton, on the same half-capacity traces
     peers = report["peers"]
     half = [s for s in settings if s["rate"] == plan["rate"]]
-    assert sorted({p["way"] for p in peers}) == ["exit 1 direct", "exit 4 direct"]
-    for way in ("exit 1 direct", "exit 4 direct"):
+    ways = ["exit 1 direct", "exit 4 direct", "option 128/2 direct"]
+    assert sorted({p["way"] for p in peers}) == ways
+    for way in ways:
         mine = [p for p in peers if p["way"] == way]
         assert [(p["budget_ms"], p["rate"]) for p in mine] == [(s["budget_ms"], s["rate"]) for s in half]
         assert all(sum(p["status"].values()) == 24 for p in mine)

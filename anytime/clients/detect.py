@@ -101,21 +101,23 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
 def detect(address: str, data: bytes, budget_ms: float = 0.0, *, min_exit: int = 0, max_exit: int = 0,
            score_threshold: float = 0.0, deadline_ms: float | None = None, token: str | None = None,
            tls_ca: str | Path | None = None, request_id: str = "", progressive: bool = False,
-           letterbox: int | None = None):
+           letterbox: int | None = None, option: str = ""):
     """One Detect call; raises ``grpc.RpcError`` with the gateway's status code on failure.
 
     With ``progressive``, a generator of every exit's answer as it arrives (DetectProgressive), the last one
-    marked ``final``. With ``letterbox`` (the model's input size; 0: ask the gateway), the image is letterboxed
-    here and sent as raw pixels, and the boxes mapped back (``letterboxed_request``)."""
+    marked ``final``. With ``letterbox`` (a size; 0: the gateway's ``max_image_size``, the largest input of any
+    option, which the gateway scales down to the option it chooses), the image is letterboxed here and sent as raw
+    pixels, and the boxes mapped back (``letterboxed_request``). ``option`` ("128/2") pins one option."""
     if letterbox is not None:
-        size = letterbox or model_info(address, token, tls_ca).image_size
+        info = model_info(address, token, tls_ca) if not letterbox else None
+        size = letterbox or info.max_image_size or info.image_size
         request, scale, original = letterboxed_request(data, size)
         restore = lambda r: restore_boxes(r, scale, original)  # noqa: E731
     else:
         request = pb.DetectRequest(encoded=data)
         restore = lambda r: r  # noqa: E731
     request.budget_ms, request.min_exit, request.max_exit = budget_ms, min_exit, max_exit
-    request.score_threshold, request.request_id = score_threshold, request_id
+    request.score_threshold, request.request_id, request.option = score_threshold, request_id, option
     timeout = deadline_ms / 1e3 if deadline_ms is not None else None
     if progressive:
         return _progressive(address, tls_ca, request, timeout, auth_metadata(token), restore)
@@ -152,7 +154,8 @@ def format_response(response: pb.DetectResponse, image_name: str = "") -> str:
     t = response.timing
     available = ", ".join(map(str, response.exits_available)) or "?"
     met = "met" if response.budget_met else "MISSED"
-    lines = [f"{image_name + ': ' if image_name else ''}exit {response.exit} of [{available}], "
+    size = f" at {response.image_size} px" if response.image_size else ""
+    lines = [f"{image_name + ': ' if image_name else ''}exit {response.exit} of [{available}]{size}, "
              f"budget {t.budget_ms:.1f} ms {met} (endpoint {response.endpoint or '?'})",
              f"timing: queue {t.queue_ms:.1f} ms + inference {t.inference_ms:.1f} ms = total {t.total_ms:.1f} ms",
              f"{len(response.detections)} detection{'s' if len(response.detections) != 1 else ''}"
@@ -220,6 +223,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deadline-ms", type=float, default=None, help="gRPC deadline in ms (default: none)")
     p.add_argument("--min-exit", type=int, default=0, help="shallowest exit allowed (default: the first)")
     p.add_argument("--max-exit", type=int, default=0, help="deepest exit allowed (default: the last)")
+    p.add_argument("--option", default="", metavar="SIZE/EXIT",
+                   help="pin one option, such as 128/2 (input size/exit; GetModelInfo lists the options; default: the "
+                        "gateway chooses size and exit)")
     p.add_argument("--score-threshold", type=float, default=0.0,
                    help="drop detections scoring below this (default: the model's own threshold)")
     p.add_argument("--progressive", action="store_true",
@@ -232,8 +238,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_letterbox_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--letterbox", type=int, nargs="?", const=0, default=None, metavar="SIZE",
-                   help="letterbox the image here (to SIZE, default: the model's, asked of the gateway) and send raw "
-                        "pixels: the gateway decodes and resizes nothing; boxes are mapped back to the image")
+                   help="letterbox the image here (to SIZE, default: the gateway's max_image_size, the largest input "
+                        "of any option) and send raw pixels: the gateway decodes nothing and resizes only down to the "
+                        "option it chooses; boxes are mapped back to the image")
 
 
 def run(args: argparse.Namespace, prog: str = "detect") -> int:
@@ -249,6 +256,7 @@ def run(args: argparse.Namespace, prog: str = "detect") -> int:
     if args.letterbox is not None and args.letterbox < 0:
         raise ClientError(f"--letterbox must be a size > 0 (or given alone), got {args.letterbox}")
     kwargs = dict(min_exit=args.min_exit, max_exit=args.max_exit, score_threshold=args.score_threshold,
+                  option=args.option,
                   deadline_ms=args.deadline_ms, token=args.token, tls_ca=args.tls_ca, request_id=args.image.name,
                   letterbox=args.letterbox)
     try:

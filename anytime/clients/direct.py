@@ -5,10 +5,13 @@ A serving feature earns its place against what a user would run instead of it. W
 ``letterbox``, in a pool of 2 threads), sends every request as its own asyncio task from its arrival with no cap on
 calls in flight (so Triton's dynamic batcher batches them), and sets the call's ``client_timeout`` to the time left.
 
-Two policies:
+Policies:
 
-- ``exit k``: always exit k;
-- ``slack``: after decoding, the deepest exit whose idle p95 (``idle_p95``) fits the time left, else exit 1.
+- ``exit k``: always exit k (at the model's own input size);
+- ``option SIZE/EXIT``: always that option (the image letterboxed to SIZE), such as the cheapest one;
+- ``slack``: after decoding, the deepest exit whose idle p95 (``idle_p95``) fits the time left, else exit 1;
+- ``slack over options``: at arrival (the size must be known before decoding), the most expensive option whose idle
+  p95 of decoding plus the call (``idle_p95_options``) fits the time left, else the cheapest.
 
 ``run_trace`` drives any sender, the gateway's included (``gateway_sender``), on one clock: each request's time
 starts at its *planned* arrival, so a client that falls behind pays for it. Records are ``loadgen.RequestRecord``,
@@ -26,6 +29,7 @@ import grpc
 import numpy as np
 
 from anytime.clients.loadgen import DEADLINE_SLACK_MS, RequestRecord, coco_results
+from anytime.options import from_manifest
 from anytime.imaging import boxes_to_original, open_image
 from anytime.serving.gateway import GatewayConfig, prepare
 from anytime.serving.measure import infer_exit
@@ -56,6 +60,7 @@ class DirectClient:
         self.image_size = int(manifest["image_size"])
         self.models = {int(e["exit"]): e["model"] for e in manifest["exits"]}
         self.exits = sorted(self.models)
+        self.options = {o.name: o for o in from_manifest(manifest)}  # cheapest first
         self.cat_ids = list(manifest.get("cat_ids") or range(1, len(manifest["class_names"]) + 1))
         self.client = triton_aio.InferenceServerClient(url)
         self.pool = concurrent.futures.ThreadPoolExecutor(decode_threads, thread_name_prefix="peer-decode")
@@ -64,12 +69,13 @@ class DirectClient:
         await self.client.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def prepare(self, data: bytes) -> tuple[np.ndarray, float, tuple[int, int]]:
-        """Encoded bytes -> model input [1, 3, S, S], letterbox scale, original (h, w): the gateway's transform."""
-        return prepare(open_image(data), self.image_size, GatewayConfig.max_image_pixels)
+    def prepare(self, data: bytes, size: int | None = None) -> tuple[np.ndarray, float, tuple[int, int]]:
+        """Encoded bytes -> model input [1, 3, S, S] (S: ``size``, default the model's), letterbox scale, original
+        (h, w): the gateway's transform."""
+        return prepare(open_image(data), size or self.image_size, GatewayConfig.max_image_pixels)
 
-    async def decode(self, data: bytes):
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self.prepare, data)
+    async def decode(self, data: bytes, size: int | None = None):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self.prepare, data, size)
 
     async def infer(self, exit: int, pixels: np.ndarray, timeout: float = 30.0) -> dict:
         return await infer_exit(self.client, self.models[exit], pixels, timeout)
@@ -87,15 +93,41 @@ class DirectClient:
             out[exit] = float(np.percentile(times, 95))
         return out
 
-    def sender(self, payloads: list[bytes], exit: int | None = None, p95: dict[int, float] | None = None) -> Sender:
-        """A sender of ``exit`` always, or (``exit`` None) the slack policy over ``p95``."""
-        if exit is None and not p95:
-            raise ValueError("the slack policy needs each exit's idle p95")
+    async def idle_p95_options(self, payload: bytes, warmup: int = 3, runs: int = 12) -> dict[str, float]:
+        """Seconds: per option, the p95 of ``runs`` idle calls of decoding ``payload`` at its size and calling it
+        (what slack over options plans with: it chooses before decoding)."""
+        out = {}
+        for name, o in self.options.items():
+            times = []
+            for i in range(warmup + runs):
+                t0 = time.perf_counter()
+                pixels, _, _ = await self.decode(payload, o.image_size)
+                await self.infer(o.exit, pixels)
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+            out[name] = float(np.percentile(times, 95))
+        return out
+
+    def sender(self, payloads: list[bytes], exit: int | None = None, p95: dict[int, float] | None = None,
+               option: str | None = None, option_p95: dict[str, float] | None = None) -> Sender:
+        """A sender of ``exit`` always, of ``option`` always, the slack policy over ``p95`` (exits at the model's
+        size), or with ``option_p95`` the slack policy over every option."""
+        if exit is None and option is None and not p95 and not option_p95:
+            raise ValueError("the slack policy needs each exit's (or option's) idle p95")
+        if option is not None and option not in self.options:
+            raise ValueError(f"option {option!r} is not served; the options are {', '.join(self.options)}")
 
         async def send(k: int, record: RequestRecord, left) -> None:
-            pixels, scale, size = await self.decode(payloads[k])
+            chosen, side = exit, None
+            if option is not None:
+                chosen, side = self.options[option].exit, self.options[option].image_size
+            elif option_p95:  # the size is chosen before decoding: on the time left at arrival
+                names = list(self.options)
+                fits = [n for n in names if option_p95[n] <= left()]
+                o = self.options[fits[-1] if fits else names[0]]
+                chosen, side = o.exit, o.image_size
+            pixels, scale, size = await self.decode(payloads[k], side)
             remaining = left()
-            chosen = exit
             if chosen is None:
                 fits = [e for e in self.exits if p95[e] <= remaining]
                 chosen = fits[-1] if fits else self.exits[0]
@@ -110,7 +142,7 @@ class DirectClient:
                     str(status) if status else type(e).__name__)
                 record.error = str(e)[:200]
                 return
-            record.status, record.exit = "OK", chosen
+            record.status, record.exit, record.image_size = "OK", chosen, side or self.image_size
             record.detections = coco_detections(outputs, scale, size, self.cat_ids, record.image_id)
 
         return send
@@ -130,6 +162,7 @@ def gateway_sender(stub, payloads: list[bytes]) -> Sender:
             record.status, record.error = e.code().name, e.details() or ""
             return
         record.status, record.exit = "OK", int(response.exit)
+        record.image_size = int(response.image_size) or None
         record.server_budget_met = bool(response.budget_met)
         record.detections = coco_results(response, record.image_id)
 

@@ -103,6 +103,7 @@ class RequestRecord:
     latency_ms: float | None = None  # client-measured, send to answer
     elapsed_ms: float | None = None  # client-measured, send to the end of the call, whatever its outcome
     exit: int | None = None
+    image_size: int | None = None  # the input size the answer was computed at (options across sizes)
     budget_met: bool = False  # answered within the budget on the client's clock
     server_budget_met: bool = False  # what the gateway said
     server_ms: dict = field(default_factory=dict)  # the gateway's queue / inference / total times
@@ -150,11 +151,11 @@ def plan_trace(image_ids, budgets, rate: float, n: int, seed: int = 0) -> list[R
 
 async def run_setting(address: str, dataset, budgets, rate: float, n: int, seed: int = 0, token: str | None = None,
                       *, tls_ca: str | Path | None = None, progress: bool = True,
-                      exits: tuple[int, int] = (0, 0), letterbox: int | None = None) -> SettingResult:
+                      exits: tuple[int, int] = (0, 0), letterbox: int | None = None, option: str = "") -> SettingResult:
     """Send the trace ``plan_trace(dataset.ids, budgets, rate, n, seed)`` of ``dataset`` (a CocoDetection).
 
     ``exits`` = (min_exit, max_exit) sent with every request (0 = the gateway chooses): (1, 1) and (K, K) are the
-    fixed-exit baselines, run through the same gateway. ``letterbox`` (the model's size; 0: the gateway's): each
+    fixed-exit baselines, run through the same gateway; ``option`` ("128/2") pins one option instead. ``letterbox`` (the model's size; 0: the gateway's): each
     image is letterboxed by the client when it is sent, on the request's clock, in a thread of its own, and goes
     as raw pixels (``anytime.clients.detect.letterboxed_request``); boxes are mapped back.
     """
@@ -172,7 +173,7 @@ async def run_setting(address: str, dataset, budgets, rate: float, n: int, seed:
         except grpc.aio.AioRpcError as e:
             raise ConnectionError(f"the gateway at {address} did not answer: {e.code().name}: {e.details()}") from None
         if letterbox == 0:
-            letterbox = int(info.image_size)
+            letterbox = int(info.max_image_size or info.image_size)
         loop = asyncio.get_running_loop()
         desc = f"budget {spec.label} ms @ {rate:g}/s"
         with tqdm(total=n, desc=desc, unit="req", disable=not progress, leave=False) as bar:
@@ -186,6 +187,7 @@ async def run_setting(address: str, dataset, budgets, rate: float, n: int, seed:
                     request = pb.DetectRequest(encoded=payloads[k])
                 request.budget_ms, request.request_id = record.budget_ms, str(k)
                 request.min_exit, request.max_exit = exits
+                request.option = option
                 try:
                     response = await stub.Detect(request, timeout=(record.budget_ms + DEADLINE_SLACK_MS) / 1e3,
                                                  metadata=metadata)
@@ -197,6 +199,7 @@ async def run_setting(address: str, dataset, budgets, rate: float, n: int, seed:
                 else:
                     record.latency_ms = record.elapsed_ms = (time.perf_counter() - t0) * 1e3
                     record.status, record.exit = "OK", int(response.exit)
+                    record.image_size = int(response.image_size) or None
                     record.budget_met = record.latency_ms <= record.budget_ms
                     record.server_budget_met = bool(response.budget_met)
                     t = response.timing
@@ -267,6 +270,8 @@ def evaluate_results(result: SettingResult, coco) -> dict:
         "latency_ms": _percentiles([r.latency_ms for r in ok]),
         "server_total_ms": _percentiles([r.server_ms["total"] for r in ok if "total" in r.server_ms]),
         "exits": {str(e): c for e, c in sorted(Counter(r.exit for r in ok).items())},
+        # (input size, exit) of the answers, "SIZE/EXIT" (a gateway that serves one size: its exits at that size)
+        "options": {f"{s}/{e}": c for (s, e), c in sorted(Counter((r.image_size or 0, r.exit) for r in ok).items())},
         "AP": overall["AP"],
         "AP50": overall["AP50"],
         "AP_all": everything["AP"],

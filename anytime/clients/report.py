@@ -13,20 +13,26 @@ def _ap(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def _used(setting: dict) -> dict:
+    """What answered: options ("SIZE/EXIT") when the gateway named the size, else exits."""
+    options = setting.get("options") or {}
+    return options if options and not any(k.startswith("0/") for k in options) else setting["exits"]
+
+
 def format_table(report: dict) -> str:
     """One row per setting (statuses, budget met, latency, AP), then the AP of each exit on the images it answered."""
     settings = report["settings"]
     codes = sorted({c for s in settings for c in s["status"]}, key=lambda c: (c != "OK", c))
     short = {"OK": "ok", "DEADLINE_EXCEEDED": "deadline", "RESOURCE_EXHAUSTED": "shed", "UNAVAILABLE": "unavail"}
     header = (["budget ms", "rate/s", "sent"] + [short.get(c, c.lower()) for c in codes]
-              + ["late", "refused at once", "met %", "p50 ms", "p95 ms", "p99 ms", "AP", "AP50", "exits used"])
+              + ["late", "refused at once", "met %", "p50 ms", "p95 ms", "p99 ms", "AP", "AP50", "used (SIZE/EXIT or exit)"])
     rows = []
     for s in settings:
         lat = s["latency_ms"]
         rows.append([s["budget"], f"{s['rate']:g}", str(s["requests"])] + [str(s["status"].get(c, 0)) for c in codes]
                     + [str(s.get("late", 0)), str(s.get("refused_at_once", "-")), f"{100 * s['budget_met_rate']:.1f}", _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"]),
                        _ap(s["AP"]), _ap(s["AP50"]),
-                       " ".join(f"{e}:{c}" for e, c in s["exits"].items()) or "-"])
+                       " ".join(f"{e}:{c}" for e, c in _used(s).items()) or "-"])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:  # numbers right-aligned; the last, free-form column left as it is

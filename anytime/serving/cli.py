@@ -143,7 +143,7 @@ async def _serve(config) -> None:
     from anytime.serving.gateway import Gateway
 
     gateway = await Gateway(config).start()
-    print(f"anytime gateway serving on {config.host}:{gateway.port} (exits {gateway.exits}, {config.execution} "
+    print(f"anytime gateway serving on {config.host}:{gateway.port} (exits {gateway.exits}, options {', '.join(gateway.option_ids)}, {config.execution} "
           "execution); Ctrl-C or SIGTERM stops it", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

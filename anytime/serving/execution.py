@@ -158,11 +158,15 @@ class UpfrontExecution(Execution):
         runs at that speed, else ``calibration_runs`` fresh calls per exit; and, for batching, a few calls per exit
         at each batch size the planner may send (powers of two up to ``max_batch``)."""
         g, c = self.gateway, self.config
-        manifest = _manifest_samples(g.manifest, g.exits)
+        inputs = {i: o.image_size for i, o in g.options.items()}  # each option's input size
+        # ``anytime profile`` measures the exits at the model's own size: a prior for option ids only when they are
+        # those exits
+        own = all(o.image_size == g.image_size and o.exit == i for i, o in g.options.items())
+        manifest = _manifest_samples(g.manifest, list(g.options)) if own else None
         samples = None
         if manifest is not None:
-            spot = await time_triton(client, g.models, g.image_size, c.spot_check_runs, warmup=2)
-            off = {e: float(np.median(spot[e])) * 1e3 / float(np.median(manifest[e])) for e in g.exits}
+            spot = await time_triton(client, g.models, inputs, c.spot_check_runs, warmup=2)
+            off = {e: float(np.median(spot[e])) * 1e3 / float(np.median(manifest[e])) for e in g.options}
             ratios = ", ".join(f"exit {e} {r:.2f}" for e, r in off.items())
             if all(1 / c.spot_check_tolerance <= r <= c.spot_check_tolerance for r in off.values()):
                 log.info("endpoint %s: the manifest's latency profile holds (spot check / profile: %s)", address, ratios)
@@ -172,16 +176,16 @@ class UpfrontExecution(Execution):
                 log.info("endpoint %s: the manifest's profile is off (spot check / profile: %s); calibrating", address,
                          ratios)
         if samples is None:
-            measured = await time_triton(client, g.models, g.image_size, c.calibration_runs, warmup=5)
+            measured = await time_triton(client, g.models, inputs, c.calibration_runs, warmup=5)
             self.priors[address] = "calibrated"
-            _log_profile(address, measured)
+            _log_profile(address, {g.options[i].name: s for i, s in measured.items()})
             samples = {e: [x * 1e3 for x in s] for e, s in measured.items()}
         prior = {e: {1: {"samples_ms": list(s)}} for e, s in samples.items()}
         sizes = [b for b in (2, 4, 8, 16, 32) if b <= self.max_batch]
         if self.max_batch > 1 and self.max_batch not in sizes:
             sizes.append(self.max_batch)
         for b in sizes:
-            per = await time_triton(client, g.models, g.image_size, runs=4, warmup=1, batch=b)
+            per = await time_triton(client, g.models, inputs, runs=4, warmup=1, batch=b)
             for e, s in per.items():
                 prior[e][b] = {"mean": float(np.mean(s)) * 1e3}
         if sizes:
@@ -402,9 +406,9 @@ def _loop_time(deadline: float) -> float:
     return loop.time() + (deadline - time.monotonic())
 
 
-def _log_profile(address: str, samples: dict[int, list[float]]) -> None:
-    for exit, s in samples.items():
-        log.info("endpoint %s exit %d: p50 %.1f ms, p95 %.1f ms", address, exit, np.percentile(s, 50) * 1e3,
+def _log_profile(address: str, samples: dict[str, list[float]]) -> None:
+    for option, s in samples.items():
+        log.info("endpoint %s option %s: p50 %.1f ms, p95 %.1f ms", address, option, np.percentile(s, 50) * 1e3,
                  np.percentile(s, 95) * 1e3)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from anytime.options import Option, from_manifest, sizes_of
 from anytime.export.repository import read_manifest
 from anytime.imaging import BadImage, Header, boxes_to_original, check_size, from_pixels, header, letterbox, open_image
 from anytime.serving.api import anytime_pb2 as pb
@@ -80,8 +81,18 @@ class Gateway(pb_grpc.DetectorServicer):
         self.config = config
         self.manifest = read_manifest(config.repository)
         self.exits = [e["exit"] for e in self.manifest["exits"]]
-        self.models = {e["exit"]: e["model"] for e in self.manifest["exits"]}
         self.image_size = int(self.manifest["image_size"])
+        # What the scheduler chooses among: options (input size, exit), cheapest first, the scheduler's "exits" being
+        # their ids 1..n in that order. Progressive execution runs the model's own size only, and the batch planner
+        # batches one model's calls without regard to size: both get the exits at the model's size (ids = exits).
+        options = from_manifest(self.manifest)
+        if config.execution != "upfront" or config.scheduler.planner != "edf":
+            options = [o for o in options if o.image_size == self.image_size]
+        self.options: dict[int, Option] = dict(enumerate(options, start=1))
+        self.option_ids = {o.name: i for i, o in self.options.items()}
+        self.models = {i: o.model for i, o in self.options.items()}  # option id -> Triton model
+        self.sizes = sizes_of(options)
+        self.max_image_size = max(self.sizes)
         self.class_names = list(self.manifest["class_names"])
         self.cat_ids = list(self.manifest.get("cat_ids") or range(1, len(self.class_names) + 1))
         self.metrics = GatewayMetrics()
@@ -106,6 +117,10 @@ class Gateway(pb_grpc.DetectorServicer):
         # first request does not pay for lazy imports and allocations.
         self.image_cost = await asyncio.get_running_loop().run_in_executor(
             self._decoder, lambda: ImageCost.calibrate(self.image_size, quantile=self.config.scheduler.quantile))
+        for size in self.sizes:  # the decode path at every size the options take, warm
+            await asyncio.get_running_loop().run_in_executor(
+                self._decoder, prepare, pb.RawImage(height=8, width=8, channels=3, data=bytes(192)), size,
+                self.config.max_image_pixels)
         self.loop_lag.start()
         await self.execution.start()
         for address in self.config.endpoints:
@@ -279,14 +294,54 @@ class Gateway(pb_grpc.DetectorServicer):
         endpoints = []
         for address in self.config.endpoints:
             prof = self.scheduler.profiles[address]
+
+            def profile(i: int, o: Option) -> pb.ExitProfile:
+                return pb.ExitProfile(exit=o.exit, image_size=o.image_size, p50_ms=prof.predict(i, 1, 0.5) * 1e3,
+                                      p95_ms=prof.predict(i, 1, 0.95) * 1e3)
             endpoints.append(pb.EndpointInfo(
                 address=address, ready=address in self.scheduler.available,
                 prior=self.execution.priors.get(address, ""),
-                profile=[pb.ExitProfile(exit=e, p50_ms=prof.predict(e, 1, 0.5) * 1e3, p95_ms=prof.predict(e, 1, 0.95) * 1e3)
-                         for e in self.exits]))
+                profile=[profile(i, o) for i, o in self.options.items() if o.image_size == self.image_size],
+                option_profile=[profile(i, o) for i, o in self.options.items()]))
         return pb.ModelInfo(exits=self.exits, image_size=self.image_size, class_names=self.class_names,
                             category_ids=self.cat_ids, endpoints=endpoints,
-                            default_budget_ms=self.config.default_budget_ms, execution=self.execution.name)
+                            default_budget_ms=self.config.default_budget_ms, execution=self.execution.name,
+                            max_image_size=self.max_image_size,
+                            options=[pb.Option(name=o.name, image_size=o.image_size, exit=o.exit, gmacs=o.gmacs or 0.0,
+                                               ap=o.ap or 0.0) for o in self.options.values()])
+
+    def allowed_options(self, request) -> list[int]:
+        """The option ids a request may take: its pinned option, else every option whose exit is within its
+        min_exit..max_exit (at any size). INVALID_ARGUMENT when none is."""
+        if request.option:
+            i = self.option_ids.get(request.option.strip())
+            if i is None:
+                raise Failure(grpc.StatusCode.INVALID_ARGUMENT, f"option {request.option!r} is not served; the options "
+                                                                f"are {', '.join(self.option_ids)}")
+            return [i]
+        hi = request.max_exit or self.exits[-1]
+        allowed = [i for i, o in self.options.items() if (request.min_exit or 1) <= o.exit <= hi]
+        if not allowed:
+            raise Failure(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"no exit between min_exit={request.min_exit} and max_exit={request.max_exit}; this model "
+                          f"has exits {self.exits[0]}..{self.exits[-1]}")
+        return allowed
+
+    def _choose_size(self, req, head, now: float) -> int:
+        """The input size the request's image is letterboxed to: one of its options' sizes, chosen by the scheduler
+        just before decoding (``Scheduler.narrow``) with what the queue holds then."""
+        groups: dict[int, list[int]] = {}
+        for i in self.scheduler.allowed_exits(req):
+            groups.setdefault(self.options[i].image_size, []).append(i)
+        sizes = sorted(groups)
+        if len(sizes) == 1:
+            return sizes[0]
+        cost = self.image_cost
+        preps = []
+        for size in sizes:
+            mean, sd = cost.estimate(head, size)
+            preps.append((groups[size], mean + cost.z * sd, mean, sd * sd))
+        return sizes[self.scheduler.narrow(req, now, preps)]
 
     # -- one request ----------------------------------------------------------------------------------------
     async def _detect(self, request, grpc_remaining: float | None, on_exit=None) -> pb.DetectResponse:
@@ -309,14 +364,16 @@ class Gateway(pb_grpc.DetectorServicer):
                 raise Failure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
             # Admission before decoding, and it reserves the request's place: under overload a refused request
             # costs (almost) nothing, and a burst is judged against itself, not against an empty queue.
+            allowed = self.allowed_options(request)
             loop = asyncio.get_running_loop()
             pending = Pending(loop.create_future(), arrival)
             cost = self.image_cost
             cost.tick(arrival)
-            mean, sd = cost.estimate(head)
+            # admission reserves the cheapest allowed option: its decoding is at that option's size
+            mean, sd = cost.estimate(head, self.options[allowed[0]].image_size)
             req = Request(deadline=arrival + budget, arrival=arrival, min_exit=request.min_exit or 1,
-                          max_exit=request.max_exit or None, payload=pending, prep=mean + cost.z * sd,
-                          prep_expected=mean, prep_variance=sd * sd)
+                          max_exit=request.max_exit or None, options=allowed, payload=pending,
+                          prep=mean + cost.z * sd, prep_expected=mean, prep_variance=sd * sd)
             try:
                 self.scheduler.admit(req, time.monotonic())
             except Rejected as r:
@@ -330,12 +387,13 @@ class Gateway(pb_grpc.DetectorServicer):
                 if used >= budget:
                     raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED,
                                   f"the budget ran out ({used * 1e3:.1f} of {budget * 1e3:.1f} ms) before decoding")
+                side = self._choose_size(req, head, time.monotonic())
                 try:
                     pending.pixels, scale, size, took = await loop.run_in_executor(self._decoder, self._prepare,
-                                                                                   image)
+                                                                                   image, side)
                 except BadImage as e:
                     raise Failure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-                cost.observe(head, took, time.monotonic())
+                cost.observe(head, took, time.monotonic(), side)
                 self.metrics.decode_seconds.labels(family(head)).observe(took)
             if on_exit is not None:
                 pending.on_exit = lambda exit, outputs: on_exit(
@@ -350,7 +408,8 @@ class Gateway(pb_grpc.DetectorServicer):
             except asyncio.TimeoutError:
                 raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {wait * 1e3:.0f} ms") from None
             response = self._answer(request, exit, outputs, scale, size, pending, budget, final=True, endpoint=endpoint)
-            self.metrics.exit_used.labels(str(exit)).inc()
+            self.metrics.exit_used.labels(str(self.options[exit].exit)).inc()
+            self.metrics.option_used.labels(self.options[exit].name).inc()
             self.metrics.budget.labels("met" if response.budget_met else "missed").inc()
             self.metrics.latency.labels("queue").observe(pending.dispatched - arrival)
             self.metrics.latency.labels("inference").observe(arrival + response.timing.total_ms / 1e3 - pending.dispatched)
@@ -371,11 +430,13 @@ class Gateway(pb_grpc.DetectorServicer):
             self.metrics.requests.labels(status).inc()
             self.update_gauges()
 
-    def _answer(self, request, exit: int, outputs: dict, scale: float, size, pending, budget: float, final: bool,
+    def _answer(self, request, option: int, outputs: dict, scale: float, size, pending, budget: float, final: bool,
                 endpoint: str = "") -> pb.DetectResponse:
+        o = self.options[option]
         response = pb.DetectResponse(
-            detections=self._detections(outputs, scale, size, request.score_threshold), exit=exit,
-            exits_available=self.exits, endpoint=endpoint, request_id=request.request_id, final=final)
+            detections=self._detections(outputs, scale, size, request.score_threshold), exit=o.exit,
+            image_size=o.image_size, exits_available=self.exits, endpoint=endpoint, request_id=request.request_id,
+            final=final)
         # Stamped last, once the answer is built: what is left (serialising, sending) is the margin's to cover.
         now = time.monotonic()
         total = now - pending.arrival
@@ -413,11 +474,12 @@ class Gateway(pb_grpc.DetectorServicer):
         image = open_image(request.encoded, self.config.max_image_pixels)
         return image, header(image)
 
-    def _prepare(self, image) -> tuple[np.ndarray, float, tuple[int, int], float]:
-        """In a decode thread: model input, scale, original size, and the seconds it took (the cost model learns)."""
+    def _prepare(self, image, side: int) -> tuple[np.ndarray, float, tuple[int, int], float]:
+        """In a decode thread: model input at ``side`` px, scale, original size, and the seconds it took (the cost
+        model learns)."""
         self.metrics.decoded.inc()
         t0 = time.perf_counter()
-        pixels, scale, size = prepare(image, self.image_size, self.config.max_image_pixels)
+        pixels, scale, size = prepare(image, side, self.config.max_image_pixels)
         return pixels, scale, size, time.perf_counter() - t0
 
     def _detections(self, outputs: dict, scale: float, size: tuple[int, int], threshold: float) -> list:

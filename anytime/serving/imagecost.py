@@ -99,18 +99,20 @@ class ImageCost:
         self.z = NormalDist().inv_cdf(quantile)
         self.lines = {f: CostLine(points, **line_options) for f, points in prior.items()}
 
-    def units(self, header: Header) -> float:
-        return units(header, self.image_size)
+    def units(self, header: Header, size: int | None = None) -> float:
+        """Work units of preparing the image for a letterbox to ``size`` (default: the calibrated size): a JPEG
+        decoded for a smaller size decodes fewer pixels (DCT scaling), the other formats decode them all."""
+        return units(header, size or self.image_size)
 
     def _line(self, header: Header) -> CostLine:
         return self.lines.get(family(header)) or self.lines["OTHER"]
 
-    def estimate(self, header: Header) -> tuple[float, float]:
-        """(mean, standard deviation) of the image's cost, from one fit. The deviation is the spread about the
-        line, at least ``MIN_RELATIVE_SPREAD`` of the mean: two calibration points fit a line exactly, and an
-        image's content moves its cost (noise and detail weigh on PNG's deflate)."""
+    def estimate(self, header: Header, size: int | None = None) -> tuple[float, float]:
+        """(mean, standard deviation) of the image's cost for a letterbox to ``size``, from one fit. The deviation
+        is the spread about the line, at least ``MIN_RELATIVE_SPREAD`` of the mean: two calibration points fit a
+        line exactly, and an image's content moves its cost (noise and detail weigh on PNG's deflate)."""
         a, b, sd = self._line(header).fit()
-        mean = a + b * self.units(header)
+        mean = a + b * self.units(header, size)
         return mean, max(sd, MIN_RELATIVE_SPREAD * mean)
 
     def expected(self, header: Header) -> float:
@@ -124,8 +126,8 @@ class ImageCost:
         mean, sd = self.estimate(header)
         return mean + z * sd
 
-    def observe(self, header: Header, seconds: float, now: float) -> None:
-        self._line(header).observe(self.units(header), seconds, now)
+    def observe(self, header: Header, seconds: float, now: float, size: int | None = None) -> None:
+        self._line(header).observe(self.units(header, size), seconds, now)
 
     def tick(self, now: float) -> None:
         for line in self.lines.values():

@@ -158,11 +158,14 @@ async def time_calls(call: Callable[[], Awaitable | object], runs: int, warmup: 
     return out
 
 
-async def time_triton(client, models: dict[int, str], image_size: int, runs: int, warmup: int = 5,
+async def time_triton(client, models: dict[int, str], image_size: int | dict[int, int], runs: int, warmup: int = 5,
                       batch: int = 1, timeout: float = 30.0) -> dict[int, list[float]]:
-    """Seconds per call of every exit (``models``: exit -> Triton model name) at one batch size."""
-    x = _batch(image_size, batch)
-    return {exit: await time_calls(lambda m=name: infer_exit(client, m, x, timeout), runs, warmup)
+    """Seconds per call of every exit (``models``: exit -> Triton model name) at one batch size; ``image_size``
+    one size for all, or each one's (the gateway's options: id -> size)."""
+    sizes = image_size if isinstance(image_size, dict) else dict.fromkeys(models, image_size)
+    inputs = {size: _batch(size, batch) for size in set(sizes.values())}
+    return {exit: await time_calls(lambda m=name, x=inputs[sizes[exit]]: infer_exit(client, m, x, timeout), runs,
+                                   warmup)
             for exit, name in sorted(models.items())}
 
 

@@ -13,6 +13,8 @@ class GatewayMetrics:
         r = self.registry
         self.requests = Counter("anytime_requests", "Detect requests by final status", ["status"], registry=r)
         self.exit_used = Counter("anytime_exit_used", "Requests answered, by exit", ["exit"], registry=r)
+        self.option_used = Counter("anytime_option_used", "Requests answered, by option (SIZE/EXIT)", ["option"],
+                                   registry=r)
         self.budget = Counter("anytime_budget", "Answered requests that met or missed their budget", ["outcome"], registry=r)
         self.shed = Counter("anytime_shed", "Requests refused by admission control", ["reason"], registry=r)
         self.queue_depth = Gauge("anytime_queue_depth", "Requests waiting for a slot", registry=r)

@@ -50,6 +50,10 @@ class Request:
     arrival: float
     min_exit: int = 1
     max_exit: int | None = None
+    # The scheduler's exits this request may take (None: min_exit..max_exit). The gateway's scheduler works on
+    # *options* (an input size and an exit, ids ordered by cost: anytime.options) and passes each request
+    # the ids its min_exit/max_exit, pinned option and, once its size is chosen (``narrow``), its size allow.
+    options: list[int] | None = None
     payload: Any = None
     id: int = field(default_factory=lambda: next(_ids))
     best_effort: bool = False  # admitted although no exit fits its budget
@@ -140,8 +144,11 @@ class SchedulerConfig:
 def allowed_exits(exits: list[int], req: Request, fixed_exit: int | None = None) -> list[int]:
     """The exits ``req`` may take, shallowest first: within its min/max, and only ``fixed_exit`` (-1: the deepest)
     when a baseline fixes one."""
-    hi = req.max_exit if req.max_exit is not None else exits[-1]
-    allowed = [e for e in exits if req.min_exit <= e <= hi]
+    if req.options is not None:
+        allowed = [e for e in exits if e in req.options]
+    else:
+        hi = req.max_exit if req.max_exit is not None else exits[-1]
+        allowed = [e for e in exits if req.min_exit <= e <= hi]
     if fixed_exit is not None:
         fixed = exits[-1] if fixed_exit == -1 else fixed_exit
         allowed = [e for e in allowed if e == fixed]
@@ -380,6 +387,41 @@ class Scheduler(Readiness):
                                                    "miss its deadline")
         req.state, req.protected = "queued", not req.best_effort
         self._insert(req, ref, m)
+
+    def narrow(self, req: Request, now: float, groups: list[tuple[list[int], float, float, float]]) -> int:
+        """Before an admitted request's input is prepared, choose which group of its exits it will take: the
+        gateway's groups are input sizes (an image is letterboxed to one size, so the size is chosen before
+        decoding; the exit at that size is still chosen at dispatch). ``groups``: (exit ids, prep, prep_expected,
+        prep_variance) per group, its preparation as ``Request`` counts it. Returns the chosen group's index and
+        sets the request's exits and preparation to it.
+
+        The choice is the group of the deepest exit (ids are ordered by cost, and served options by accuracy with
+        it) that admission would accept now: its own time at that exit and the queue ahead of it fit its deadline,
+        and the queued requests behind it keep theirs. None fits (a best-effort request, or the queue grew since
+        admission): the group of its cheapest exit, which admission reserved."""
+        if req.state != "queued":
+            raise ValueError("only an admitted request that is not prepared yet can be narrowed")
+        ref, _, m = self._tick(now)
+        self._remove(req)
+        chosen = min(range(len(groups)), key=lambda i: min(groups[i][0]))
+        if not req.best_effort:
+            in_flight = self.in_flight_work(now)
+            for exit, i in sorted(((e, i) for i, g in enumerate(groups) for e in g[0]), reverse=True):
+                req.options = [exit]
+                req.prep, req.prep_expected, req.prep_variance = groups[i][1:]
+                f, e = self._costs(req, ref)
+                threshold = m * now + in_flight + self.safety(self._variance(req, ref))
+                ahead, _ = self._tree.around(req.key)
+                if m * (req.deadline - f) - ahead < threshold:
+                    continue
+                if self.config.protect_queue and self._demote_late(req.key, threshold) - e < threshold:
+                    continue
+                chosen = i
+                break
+        req.options = list(groups[chosen][0])
+        req.prep, req.prep_expected, req.prep_variance = groups[chosen][1:]
+        self._insert(req, ref, m)
+        return chosen
 
     def prepared(self, req: Request, now: float) -> None:
         """The request's input is prepared: its preparation is no longer work ahead of anyone, nor its own."""

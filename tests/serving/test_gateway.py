@@ -377,10 +377,10 @@ def in_process(repo):
 def test_a_stream_item_that_raises_anything_is_answered_and_the_stream_ends(in_process, monkeypatch):
     real = in_process._prepare
 
-    def faulty(image):  # the image, opened: the "boom" one is the only 50 px one
+    def faulty(image, *args):  # the image, opened: the "boom" one is the only 50 px one
         if image.size == (50, 50):
             raise KeyError("an unexpected bug")
-        return real(image)
+        return real(image, *args)
 
     monkeypatch.setattr(in_process, "_prepare", faulty)
 

@@ -334,3 +334,45 @@ def test_a_request_whose_exits_fit_only_at_the_mean_still_runs_its_first_exit():
     assert a.exit == 1 and not expired
     started, (gone,) = run(False)
     assert not started
+
+
+def test_narrow_chooses_the_group_of_the_deepest_exit_that_fits_before_preparing():
+    """Options at two input sizes (ids 1-2 at the small one, 3-4 at the large): the size is chosen before the image
+    is prepared, from the deepest option that admission would take now; dispatch then chooses within that size."""
+    def admitted(budget_ms, prep_ms=(0.0, 0.0)):
+        s = sched(profiles={"a": profile(5, 8, 20, 30)})
+        req = Request(deadline=budget_ms * MS, arrival=0.0, options=[1, 2, 3, 4])
+        s.admit(req, now=0.0)
+        groups = [([1, 2], prep_ms[0] * MS, prep_ms[0] * MS, 0.0), ([3, 4], prep_ms[1] * MS, prep_ms[1] * MS, 0.0)]
+        return s, req, s.narrow(req, 0.0, groups)
+
+    s, req, chosen = admitted(100)
+    assert chosen == 1 and req.options == [3, 4]
+    s.mark_ready(req, 0.0)
+    (a,), _ = s.dispatch(0.0)
+    assert a.exit == 4
+    s, req, chosen = admitted(25)  # 20 ms fits, 30 does not: the large size, its first exit
+    assert chosen == 1
+    s.mark_ready(req, 0.0)
+    (a,), _ = s.dispatch(0.0)
+    assert a.exit == 3
+    s, req, chosen = admitted(25, prep_ms=(1.0, 10.0))  # the large size's decoding leaves no room for it
+    assert chosen == 0 and req.options == [1, 2] and req.prep == pytest.approx(1 * MS)
+    s, req, chosen = admitted(10)
+    assert chosen == 0
+    s.mark_ready(req, 0.0)
+    (a,), _ = s.dispatch(0.0)
+    assert a.exit == 2
+
+
+def test_narrow_keeps_queued_requests_in_time():
+    """A deeper option that would make an admitted request late is not chosen: the small size is."""
+    def narrowed(first_due_ms):
+        s = sched(profiles={"a": profile(5, 8, 20, 30)})
+        s.submit(Request(deadline=first_due_ms * MS, arrival=0.0, options=[1, 2, 3, 4]), now=0.0)  # its 5 ms reserved
+        req = Request(deadline=21 * MS, arrival=0.0, options=[1, 2, 3, 4])  # due first: it goes first
+        s.admit(req, now=0.0)
+        return s.narrow(req, 0.0, [([1, 2], 0.0, 0.0, 0.0), ([3, 4], 0.0, 0.0, 0.0)])
+
+    assert narrowed(first_due_ms=26) == 1  # 20 ms for it, then 5 for the other: in time
+    assert narrowed(first_due_ms=22) == 0  # the other would end at 25 ms: the small size (8 + 5 ms)
