@@ -152,12 +152,14 @@ def plot(result: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     options = [o for o in result["options"] if o["ap"] is not None]
     markers = {128: "v", 256: "o", 384: "^"}
-    for s, colour in zip(result["end_to_end"], ("tab:blue", "tab:orange", "tab:green")):
+    for n, (s, colour) in enumerate(zip(result["end_to_end"], ("tab:blue", "tab:orange", "tab:green"))):
         xs = [float(np.percentile(result["end_to_end"][s][o["name"]], 50)) for o in options]
         ax.plot(xs, [o["ap"] for o in options], "-", color=colour, alpha=0.4)
-        for x, o in zip(xs, options):
+        for k, (x, o) in enumerate(zip(xs, options)):
             ax.plot(x, o["ap"], markers.get(o["image_size"], "s"), color=colour)
-            ax.annotate(o["name"], (x, o["ap"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            if n == 0:  # names once, alternately left and right of the first set's points (they crowd at 128 px)
+                ax.annotate(o["name"], (x, o["ap"]), textcoords="offset points", xytext=(6 if k % 2 else -30, -3),
+                            fontsize=7)
         ax.plot([], [], "-", color=colour, label=f"{s}: through the gateway, p50")
     xs = [float(np.percentile(result["triton"][o["name"]], 50)) for o in options]
     ax.plot(xs, [o["ap"] for o in options], ":", color="grey", label="Triton direct, pixels ready, p50")

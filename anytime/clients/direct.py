@@ -28,7 +28,7 @@ from typing import Awaitable, Callable
 import grpc
 import numpy as np
 
-from anytime.clients.loadgen import DEADLINE_SLACK_MS, RequestRecord, coco_results
+from anytime.clients.loadgen import DEADLINE_SLACK_MS, RequestRecord, coco_results, quiet_gc
 from anytime.options import from_manifest
 from anytime.imaging import boxes_to_original, open_image
 from anytime.serving.gateway import GatewayConfig, prepare
@@ -187,13 +187,14 @@ async def run_trace(records: list[RequestRecord], send: Sender) -> float:
             record.latency_ms = record.elapsed_ms
             record.budget_met = record.latency_ms <= record.budget_ms
 
-    start = loop.time()
-    tasks = []
-    for k, record in enumerate(records):
-        planned = start + record.arrival_s
-        delay = planned - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(k, record, planned)))
-    await asyncio.gather(*tasks)
+    with quiet_gc():
+        start = loop.time()
+        tasks = []
+        for k, record in enumerate(records):
+            planned = start + record.arrival_s
+            delay = planned - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(k, record, planned)))
+        await asyncio.gather(*tasks)
     return loop.time() - start

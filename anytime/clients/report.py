@@ -46,9 +46,10 @@ def format_table(report: dict) -> str:
     per_exit = [(s, e, m) for s in settings for e, m in s["ap_per_exit"].items()]
     if per_exit:
         lines.append("")
-        lines.append("AP per exit used (on the images that exit answered):")
+        lines.append("AP per exit or option used (on the images it answered):")
         for s, e, m in per_exit:
-            lines.append(f"  budget {s['budget']} ms @ {s['rate']:g}/s  exit {e}: {m['images']:>4} images  "
+            what = f"option {e}" if "/" in e else f"exit {e}"
+            lines.append(f"  budget {s['budget']} ms @ {s['rate']:g}/s  {what:>12}: {m['images']:>4} images  "
                          f"AP {_ap(m['AP'])}  AP50 {_ap(m['AP50'])}")
     return "\n".join(lines)
 

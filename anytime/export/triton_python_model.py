@@ -76,6 +76,23 @@ class TritonPythonModel:
                 raise pb_utils.TritonModelException(f"{self.name}: {path} lacks the configured tensors {missing}")
             self.sessions[size] = session
         self.output_names = list(self.outputs)
+        self._warm_up()
+
+    def _warm_up(self):
+        """One call per graph on zeros, here rather than in the first request: ONNX Runtime sizes its memory arena
+        and picks kernels on a session's first run, which took tens of milliseconds more than a warm call (with two
+        instances per model, the second instance's first calls came only under load, and late)."""
+        for size, session in self.sessions.items():
+            feed = {}
+            for name, (dtype, dims) in self.inputs.items():
+                shape = [1] + [size if d == -1 and size is not None else d for d in dims]
+                if any(d < 1 for d in shape):
+                    return  # a graph with free dims and no size to fill them with: nothing to warm up with
+                feed[name] = np.zeros(shape, dtype=dtype)
+            try:
+                session.run(self.output_names, feed)
+            except Exception:  # a graph that refuses zeros still serves real inputs; warming up is best effort
+                pass
 
     def _tensors(self, request):
         """The request's inputs as arrays, or ValueError with what is wrong."""

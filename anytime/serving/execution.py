@@ -110,7 +110,7 @@ class Execution:
                 profiles[address] = await self.calibrate(address, client)
             except InferenceServerException as e:
                 raise RuntimeError(f"endpoint {address}: calibration failed: {e.message()}") from None
-        self.scheduler = Scheduler(profiles, self.scheduler_config())
+        self.scheduler = Scheduler(profiles, self.scheduler_config(), utility=self.gateway.utility)
 
     def scheduler_config(self) -> SchedulerConfig:
         return self.config.scheduler

@@ -34,7 +34,8 @@ def test_generous_budgets_answer_everything(stack, data, tmp_path):
         assert s["requests"] == N_VAL and s["status"] == {"OK": N_VAL} and s["budget_met_rate"] == 1.0
         assert 0.0 <= s["AP"] <= 1.0 and 0.0 <= s["AP50"] <= 1.0
         assert sum(s["exits"].values()) == N_VAL and s["exits"].get("3") == N_VAL  # ample time: the deepest exit
-        assert s["ap_per_exit"]["3"]["images"] == N_VAL
+        (used,) = s["ap_per_exit"]  # the answers name their input size: "SIZE/3"
+        assert used.endswith("/3") and s["ap_per_exit"][used]["images"] == N_VAL and s["options"] == {used: N_VAL}
         lat = s["latency_ms"]
         assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] < 2000
     # same seed, same images, same deepest exit: the two budgets score the same

@@ -376,3 +376,14 @@ def test_narrow_keeps_queued_requests_in_time():
 
     assert narrowed(first_due_ms=26) == 1  # 20 ms for it, then 5 for the other: in time
     assert narrowed(first_due_ms=22) == 0  # the other would end at 25 ms: the small size (8 + 5 ms)
+
+
+def test_with_utilities_a_slightly_better_exit_that_is_probably_late_loses():
+    """Exit 3 fits at the planning quantile but with little room; exit 2 is almost as good and surely in time."""
+    profiles = {"a": profile(5, 10, 20, spread=0.3)}
+    # exit 3: mean 15.7 ms, sd 2.2 ms, p95 19.9 ms against a 20 ms deadline: in time about 97.6 % of the time
+    for utility, expected in [(None, 3), ({1: 0.1, 2: 0.295, 3: 0.30}, 2), ({1: 0.1, 2: 0.15, 3: 0.30}, 3)]:
+        s = Scheduler(profiles, SchedulerConfig(margin_ms=0.0, protect_z=0.0), utility=utility)
+        s.submit(Request(deadline=20.0 * MS, arrival=0.0), now=0.0)
+        (a,), _ = s.dispatch(0.0)
+        assert a.exit == expected, utility
