@@ -87,6 +87,9 @@ def load_images(data_dir: Path, limit: int) -> list[bytes]:
     return [(Path(image_dir) / i["file_name"]).read_bytes() for i in infos]
 
 
+MODEL_SIZE = 256  # the repository's own input size, set by main
+
+
 def run_requests(address: str, images: list[bytes], requests: int, clients: int, exit: int,
                  letterbox_size: int | None) -> dict:
     """``requests`` requests to ``exit`` from ``clients`` closed-loop clients; with ``letterbox_size`` the client
@@ -97,7 +100,10 @@ def run_requests(address: str, images: list[bytes], requests: int, clients: int,
     from anytime.clients.loadgen import closed_loop
 
     payloads = [letterboxed_request(data, letterbox_size)[0] for data in images] if letterbox_size else images
-    return asyncio.run(closed_loop(address, payloads, requests, clients=clients, exits=(exit, exit)))
+    # the exit at the model's own size: pinned as an option, or the gateway would take the larger size's (it serves
+    # every exit but the first at 384 px too) and the rows would not compare with ONNX Runtime's at 256
+    option = f"{letterbox_size or MODEL_SIZE}/{exit}" if exit else ""
+    return asyncio.run(closed_loop(address, payloads, requests, clients=clients, exits=(exit, exit), option=option))
 
 
 def measure(stack, address, images, requests, clients, exit, letterbox_size) -> dict:
@@ -230,6 +236,8 @@ def main() -> int:
     sets = {name: load_images(source, 200 if name == "bench" else 10_000)
             for name, source in photos.set_sources(args).items()}
     size = int(read_manifest(args.repository)["image_size"])
+    global MODEL_SIZE
+    MODEL_SIZE = size
     rows = []
     model = next(e["model"] for e in read_manifest(args.repository)["exits"] if e["exit"] == args.exit)
     hop = {}

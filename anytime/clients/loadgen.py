@@ -323,7 +323,7 @@ async def run_settings(address: str, dataset, pairs: list, n: int, seed: int = 0
 
 
 async def closed_loop(address: str, payloads: list, requests: int, clients: int = 4,
-                      budget_ms: float = 10_000.0, exits: tuple[int, int] = (0, 0)) -> dict:
+                      budget_ms: float = 10_000.0, exits: tuple[int, int] = (0, 0), option: str = "") -> dict:
     """``clients`` senders, each sending its next request when its last one is answered: the stack's throughput
     (answers per second), the client-side latencies (ms), the exits that answered and how the rest failed. The
     issue's "T" is this with 4 clients and generous budgets; with one client it is the idle latency "D".
@@ -340,6 +340,7 @@ async def closed_loop(address: str, payloads: list, requests: int, clients: int 
                 payload = payloads[i % len(payloads)]
                 request = pb.DetectRequest(encoded=payload) if isinstance(payload, bytes) else payload
                 request.budget_ms, request.min_exit, request.max_exit = budget_ms, *exits
+                request.option = option
                 t0 = time.perf_counter()
                 try:
                     response = await stub.Detect(request, timeout=budget_ms / 1e3 + 1.0)
