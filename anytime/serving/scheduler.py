@@ -122,6 +122,11 @@ class SchedulerConfig:
     # A dispatched request whose exits no longer fit at the planning quantile still runs its first exit when it
     # fits at the mean: an answer that is probably in time beats a certain expiry.
     rescue: bool = True
+    # A request refused as infeasible is admitted anyway (best effort, its first exit) when the profile that refuses
+    # it predicts slower than its prior from observations older than this, at most once per this interval: refused
+    # requests bring no observations, so a profile that learnt a slowdown (a busy neighbour, a burst) would otherwise
+    # refuse every request until its horizon forgets the slowdown, seconds after the machine got fast again. 0: off.
+    probe_interval_ms: float = 200.0
     # Upfront execution's planner: "edf" (this module's Scheduler, one image per call) or "batch"
     # (anytime.serving.batching: admission by the cheapest exit given the queue, exit chosen at dispatch, ready
     # requests batched into one call). EDF stays the default: in benchmarks/peers.py (3 repetitions, 10 rows) batch met
@@ -220,6 +225,8 @@ class Scheduler(Readiness):
         self._queued_variance = 0.0  # sum of the queued requests' variances (``safety``)
         self.demoted = 0  # requests that stopped being protected (late whatever happens)
         self.rescued = 0  # requests run at their first exit although it fitted only at the mean (``rescue``)
+        self.probes = 0  # infeasible requests admitted to refresh a stale, slow profile (``probe_interval_ms``)
+        self._last_probe = float("-inf")
 
     # -- the service-time model ------------------------------------------------------------------------
     def allowed_exits(self, req: Request) -> list[int]:
@@ -371,7 +378,7 @@ class Scheduler(Readiness):
         ref, _, m = self._tick(now)
         fastest = self.fastest(req)
         if fastest > budget:
-            if self.config.when_infeasible != "first_exit":
+            if self.config.when_infeasible != "first_exit" and not self._probe(now):
                 prep = req.prep_expected if self.config.protect_z else req.prep  # as _costs counts it
                 decoding = f", decoding its image {prep * 1e3:.1f} ms of it" if prep else ""
                 raise Rejected(DEADLINE_EXCEEDED, f"a budget of {budget * 1e3:.1f} ms is below the fastest exit's "
@@ -440,6 +447,18 @@ class Scheduler(Readiness):
         req.prep, req.prep_expected, req.prep_variance = groups[chosen][1:]
         self._insert(req, ref, m)
         return chosen
+
+    def _probe(self, now: float) -> bool:
+        """Whether to admit an infeasible request anyway to learn whether the endpoints are still as slow as the
+        profiles say (``probe_interval_ms``)."""
+        interval = self.config.probe_interval_ms / 1000.0
+        if interval <= 0 or now - self._last_probe < interval:
+            return False
+        if not any(self.profiles[ep].stale_and_slow(now, interval) for ep in self._endpoints()):
+            return False
+        self._last_probe = now
+        self.probes += 1
+        return True
 
     def prepared(self, req: Request, now: float) -> None:
         """The request's input is prepared: its preparation is no longer work ahead of anyone, nor its own."""

@@ -387,3 +387,24 @@ def test_with_utilities_a_slightly_better_exit_that_is_probably_late_loses():
         s.submit(Request(deadline=20.0 * MS, arrival=0.0), now=0.0)
         (a,), _ = s.dispatch(0.0)
         assert a.exit == expected, utility
+
+
+def test_a_profile_that_refuses_everything_still_learns_through_probes():
+    """A slowdown learnt, then refused requests bring no observations: once the observations are older than the
+    probe interval, one infeasible request in each interval is admitted at its first exit, best effort."""
+    s = sched(probe_interval_ms=200.0)
+    for i in range(20):  # every call four times slower than the profile
+        s.profiles["a"].observe(1, 40 * MS, now=i * 0.01)
+    late = 0.19 + 0.25
+    with pytest.raises(Rejected):  # 25 ms: below exit 1's predicted 40 ms
+        s.submit(Request(deadline=0.19 + 25 * MS, arrival=0.19), now=0.19)  # observations still fresh
+    probe = Request(deadline=late + 25 * MS, arrival=late)
+    s.submit(probe, now=late)
+    assert probe.best_effort and s.probes == 1
+    with pytest.raises(Rejected):  # one per interval
+        s.submit(Request(deadline=late + 25 * MS, arrival=late), now=late + 0.01)
+    s = sched(probe_interval_ms=0.0)
+    for i in range(20):
+        s.profiles["a"].observe(1, 40 * MS, now=i * 0.01)
+    with pytest.raises(Rejected):
+        s.submit(Request(deadline=late + 25 * MS, arrival=late), now=late)
