@@ -82,11 +82,14 @@ class LatencyProfile:
         self.censored += bool(censored)
         self._changed()
 
-    def stale_and_slow(self, now: float, age_s: float) -> bool:
-        """Whether the model predicts slower than its prior from observations all older than ``age_s``: what a
-        gateway that refuses every request on this prediction would never correct, as refused requests bring no
-        observations (``Scheduler.admit`` then lets one through as a probe)."""
-        return bool(self._recent) and now - self._recent[-1][0] > age_s and self._mean > self._prior_mean
+    def stale_slowdown(self, now: float, age_s: float) -> float:
+        """How many times slower than its prior the model predicts (its mean factor over the prior's), when that is
+        learnt from observations all older than ``age_s``; else 1. A gateway that refuses every request on such a
+        prediction would never correct it, as refused requests bring no observations (``Scheduler.admit`` then lets
+        one through as a probe)."""
+        if self._recent and now - self._recent[-1][0] > age_s and self._mean > self._prior_mean:
+            return self._mean / self._prior_mean
+        return 1.0
 
     def tick(self, now: float) -> None:
         """Forget observations older than the horizon (O(1) unless something expires)."""

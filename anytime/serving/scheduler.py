@@ -378,7 +378,7 @@ class Scheduler(Readiness):
         ref, _, m = self._tick(now)
         fastest = self.fastest(req)
         if fastest > budget:
-            if self.config.when_infeasible != "first_exit" and not self._probe(now):
+            if self.config.when_infeasible != "first_exit" and not self._probe(now, fastest, budget):
                 prep = req.prep_expected if self.config.protect_z else req.prep  # as _costs counts it
                 decoding = f", decoding its image {prep * 1e3:.1f} ms of it" if prep else ""
                 raise Rejected(DEADLINE_EXCEEDED, f"a budget of {budget * 1e3:.1f} ms is below the fastest exit's "
@@ -448,13 +448,15 @@ class Scheduler(Readiness):
         self._insert(req, ref, m)
         return chosen
 
-    def _probe(self, now: float) -> bool:
+    def _probe(self, now: float, fastest: float, budget: float) -> bool:
         """Whether to admit an infeasible request anyway to learn whether the endpoints are still as slow as the
-        profiles say (``probe_interval_ms``)."""
+        profiles say (``probe_interval_ms``): only one whose budget the endpoint's prior speed would fit (a budget
+        that nothing could meet teaches nothing)."""
         interval = self.config.probe_interval_ms / 1000.0
         if interval <= 0 or now - self._last_probe < interval:
             return False
-        if not any(self.profiles[ep].stale_and_slow(now, interval) for ep in self._endpoints()):
+        slowdown = max(self.profiles[ep].stale_slowdown(now, interval) for ep in self._endpoints())
+        if slowdown <= 1.0 or fastest / slowdown > budget:
             return False
         self._last_probe = now
         self.probes += 1

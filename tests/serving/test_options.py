@@ -132,3 +132,34 @@ def test_detect_json_names_the_option_and_letterboxes_to_the_largest_size(stack,
     assert all(0 <= d["x2"] <= 400 and 0 <= d["y2"] <= 300 for d in answer["detections"])
     assert main(["detect", str(image), "--server", stack.address, "--budget-ms", "5000"]) == 0
     assert "at 256 px" in capsys.readouterr().out
+
+
+def test_direct_peers_send_an_option_or_choose_one_by_slack(stack, repo):
+    """The peers of benchmarks/peers.py: always one option straight to Triton, and slack over options (the most
+    expensive option whose idle p95 of decoding and calling fits the time left at arrival)."""
+    import asyncio
+
+    from anytime.clients.direct import DirectClient, run_trace
+    from anytime.clients.loadgen import RequestRecord
+
+    payloads = [photo(seed=i) for i in range(4)]
+
+    async def go(budget_ms: float, **sender):
+        client = DirectClient(stack.tritons[0].grpc_url, read_manifest(repo))
+        try:
+            if sender.pop("slack", False):
+                p95 = await client.idle_p95_options(payloads[0], warmup=1, runs=3)
+                assert list(p95) == ["128/1", "128/2", "128/3", "256/2", "256/3"] and all(v > 0 for v in p95.values())
+                sender["option_p95"] = p95
+            records = [RequestRecord(i, budget_ms, 0.05 * i) for i in range(4)]
+            await run_trace(records, client.sender(payloads, **sender))
+            return records
+        finally:
+            await client.close()
+
+    pinned = asyncio.run(go(10_000, option="256/2"))
+    assert all(r.status == "OK" and (r.image_size, r.exit) == (256, 2) and r.budget_met for r in pinned)
+    roomy = asyncio.run(go(10_000, slack=True))
+    assert all(r.status == "OK" and (r.image_size, r.exit) == (256, 3) for r in roomy)  # everything fits
+    hopeless = asyncio.run(go(0.001, slack=True))  # nothing fits: the cheapest, and no time left for it
+    assert all(r.status != "OK" or (r.image_size, r.exit) == (128, 1) for r in hopeless)

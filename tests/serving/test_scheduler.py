@@ -398,6 +398,8 @@ def test_a_profile_that_refuses_everything_still_learns_through_probes():
     late = 0.19 + 0.25
     with pytest.raises(Rejected):  # 25 ms: below exit 1's predicted 40 ms
         s.submit(Request(deadline=0.19 + 25 * MS, arrival=0.19), now=0.19)  # observations still fresh
+    with pytest.raises(Rejected):  # 5 ms: below what exit 1 needs even at the prior's speed (10 ms)
+        s.submit(Request(deadline=late + 5 * MS, arrival=late), now=late)
     probe = Request(deadline=late + 25 * MS, arrival=late)
     s.submit(probe, now=late)
     assert probe.best_effort and s.probes == 1
