@@ -62,10 +62,8 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
         try:
             data = export_exit(model, o.exit, with_candidates=verify)
             if verify:
-                g = torch.Generator().manual_seed(0)
-                probe = torch.randint(0, 256, (2, 3, o.image_size, o.image_size), generator=g, dtype=torch.uint8)
                 try:
-                    verify_graph(model, o.exit, data, probe)
+                    verify_graph(model, o.exit, data, _probe(o.image_size))
                 except Mismatch as e:
                     raise RuntimeError(f"option {o.name}: the ONNX model does not reproduce PyTorch: {e}") from None
         finally:
@@ -73,9 +71,7 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
         exported[(o.image_size, o.exit)] = data = served_graph(data)
         progress(f"exit {o.exit} at {o.image_size} px: exported {len(data) / 1e6:.1f} MB in "
                  f"{time.perf_counter() - t0:.1f} s" + (" (matches PyTorch)" if verify else ""))
-    g = torch.Generator().manual_seed(0)
-    probe = torch.randint(0, 256, (2, 3, default_size, default_size), generator=g, dtype=torch.uint8)
-    features, heads = _export_stages(model, probe, verify, progress) if stages else ([], [])
+    features, heads = _export_stages(model, _probe(default_size), verify, progress) if stages else ([], [])
 
     old = read_manifest(out) if (out / "manifest.json").exists() else None
     out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +130,12 @@ def export_repository(model, meta: dict, out: str | Path, *, backend: str = "pyt
     }
     write_manifest(out, manifest)
     return manifest
+
+
+def _probe(size: int) -> torch.Tensor:
+    """The fixed random images (batch 2) every graph of one input size is checked on."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (2, 3, size, size), generator=g, dtype=torch.uint8)
 
 
 def _costs(cfg, size: int) -> dict[int, dict]:

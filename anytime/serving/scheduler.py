@@ -421,6 +421,7 @@ class Scheduler(Readiness):
         chosen = min(range(len(groups)), key=lambda i: min(groups[i][0]))
         if not req.best_effort:
             in_flight = self.in_flight_work(now)
+            ahead, _ = self._tree.around(req.key)  # the work due before it: the same for every candidate
             best = None  # (expected utility, group)
             for exit, i in sorted(((e, i) for i, g in enumerate(groups) for e in g[0]), reverse=True):
                 req.options = [exit]
@@ -428,7 +429,6 @@ class Scheduler(Readiness):
                 f, e = self._costs(req, ref)
                 safety = self.safety(self._variance(req, ref))
                 threshold = m * now + in_flight + safety
-                ahead, _ = self._tree.around(req.key)
                 slack = m * (req.deadline - f) - ahead - threshold  # beyond the safety
                 if slack < 0:
                     continue
